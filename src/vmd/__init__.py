@@ -1,0 +1,1 @@
+"""vmd: OpenBSD's vmd(8) for Linux on KVM."""
