@@ -105,7 +105,8 @@ class Bus:
             del self._starts[index]
             del self._entries[index]
 
-    def find(self, address: int) -> tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]] | None:
+    def find(self, address: int) -> tuple[int, int, Callable[[int, int], int],
+                                          Callable[[int, int, int], None]] | None:
         index = bisect.bisect_right(self._starts, address) - 1
         if index >= 0:
             entry = self._entries[index]
@@ -181,3 +182,50 @@ class ThreadScheduler:
                 timer = heapq.heappop(self._heap)
             if not timer.cancelled:
                 timer.callback()
+
+
+class _ManualTimer:
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualScheduler:
+    """A Scheduler whose clock only moves when told (for unit tests): advance() runs what fell due."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.timers: list[_ManualTimer] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = _ManualTimer(self.now + max(0.0, delay), callback)
+        self.timers.append(timer)
+        return timer
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for t in self.timers if not t.cancelled)
+
+    def advance(self, seconds: float = 0.0) -> int:
+        """Move the clock forward, running due callbacks in deadline order; returns how many ran."""
+        target = self.now + seconds
+        ran = 0
+        while True:
+            due = [t for t in self.timers if not t.cancelled and t.deadline <= target]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.deadline)
+            self.timers.remove(timer)
+            self.now = max(self.now, timer.deadline)
+            timer.callback()
+            ran += 1
+        self.timers = [t for t in self.timers if not t.cancelled]
+        self.now = target
+        return ran
