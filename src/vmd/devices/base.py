@@ -79,6 +79,7 @@ class Bus:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.version = 0  # bumped on every change, so run loops can cache lookups
         self._starts: list[int] = []
         self._entries: list[tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]] = []
 
@@ -92,6 +93,7 @@ class Bus:
             raise BusError(f"{self.name} range {start:#x}+{length:#x} overlaps an existing device")
         self._starts.insert(index, start)
         self._entries.insert(index, (start, end, read, write))
+        self.version += 1
 
     def add_pio(self, start: int, length: int, device: PioDevice) -> None:
         self.add(start, length, device.pio_read, device.pio_write)
@@ -104,6 +106,7 @@ class Bus:
         if index < len(self._starts) and self._starts[index] == start:
             del self._starts[index]
             del self._entries[index]
+            self.version += 1
 
     def find(self, address: int) -> tuple[int, int, Callable[[int, int], int],
                                           Callable[[int, int, int], None]] | None:

@@ -1,0 +1,189 @@
+"""The `vmd` command: `vmd run` runs one VM in the foreground; plain `vmd` is the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+
+from vmd.console import MODES, Console, ConsoleError
+from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES
+from vmd.machine import MAX_VCPUS, Machine, MachineError, MachineSpec, Outcome
+from vmd.memory import MAX_MEMORY, MIN_MEMORY, parse_size
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 64  # VMM_MAX_NAME_LEN
+DEFAULT_MEMORY = "512M"  # vmd's VM_DEFAULT_MEMORY
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+RESTART_LIMIT = 3  # reboots in a row, each within RESTART_WINDOW seconds, before vmd gives up (as vmd.c)
+RESTART_WINDOW = 6.0
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vmd run", description="Run one VM in the foreground.")
+    parser.add_argument("-m", dest="memory", default=DEFAULT_MEMORY, metavar="size",
+                        help="guest memory, e.g. 64M or 2G (default 512M)")
+    parser.add_argument("-b", dest="kernel", metavar="path",
+                        help="kernel (ELF, bzImage, multiboot, PVH, gzip'd) or BIOS image; default SeaBIOS")
+    parser.add_argument("--initrd", metavar="path", help="initial ramdisk / boot module")
+    parser.add_argument("--append", default="", metavar="cmdline", help="kernel command line")
+    parser.add_argument("--cpu", default=DEFAULT_TEMPLATE, metavar="template",
+                        help=f"CPU template: {', '.join(TEMPLATES)} (default {DEFAULT_TEMPLATE})")
+    parser.add_argument("-p", dest="vcpus", type=int, default=1, metavar="vcpus", help="number of vCPUs")
+    parser.add_argument("--console", default="stdio", metavar="stdio|pty", help="where COM1 goes")
+    parser.add_argument("--option-rom", action="append", default=[], metavar="path",
+                        help="an option ROM for the BIOS (fw_cfg genroms/), like QEMU's -option-rom")
+    parser.add_argument("-B", dest="boot_device", choices=("disk", "cdrom", "net"), help="boot device")
+    parser.add_argument("--no-reboot", action="store_true", help="exit instead of restarting on a guest reboot")
+    parser.add_argument("-v", dest="verbose", action="count", default=0, help="more logging")
+    parser.add_argument("name", help="the VM's name")
+    return parser
+
+
+def check_name(name: str) -> str:
+    if len(name) > NAME_MAX:
+        raise UsageError(f"{name}: name too long (maximum {NAME_MAX} characters)")
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"{name}: invalid VM name (use letters, digits, '.', '-' and '_')")
+    return name
+
+
+def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
+    name = check_name(args.name)
+    try:
+        memory = parse_size(args.memory)
+    except ValueError:
+        raise UsageError(f"{args.memory}: invalid memory size") from None
+    if memory < MIN_MEMORY:
+        raise UsageError(f"{args.memory}: memory size too small (minimum {MIN_MEMORY >> 20}M)")
+    if memory > MAX_MEMORY:
+        raise UsageError(f"{args.memory}: memory size too large (maximum {MAX_MEMORY >> 30}G)")
+    if memory % 4096:
+        raise UsageError(f"{args.memory}: memory size must be a multiple of 4K")
+    if args.cpu not in TEMPLATES:
+        raise UsageError(f"{args.cpu}: unknown CPU template (choose {' or '.join(TEMPLATES)})")
+    if not 1 <= args.vcpus <= MAX_VCPUS:
+        raise UsageError(f"{args.vcpus}: invalid number of vCPUs (1 to {MAX_VCPUS})")
+    if args.console not in MODES:
+        raise UsageError(f"{args.console}: unknown console (choose stdio or pty)")
+    for path in [p for p in (args.kernel, args.initrd, *args.option_rom) if p]:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: No such file or directory")
+    return MachineSpec(name=name, memory=memory, kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
+                       vcpus=args.vcpus, cpu=args.cpu, boot_device=args.boot_device,
+                       option_roms=list(args.option_rom))
+
+
+def exit_status(outcome: Outcome) -> int:
+    """`vmd run`'s exit status: 0 for a clean poweroff or debug-exit 0, (v<<1)|1 for debug-exit v, 1 on failure."""
+    if outcome.kind == "poweroff":
+        return 0 if outcome.status in (0, 1) else outcome.status
+    if outcome.kind in ("reboot", "stopped"):
+        return 0
+    return EXIT_FAILURE
+
+
+def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool) -> int:
+    import time
+
+    machine_holder: list[Machine] = []
+
+    def on_signal(number: int, frame: object) -> None:
+        if machine_holder:
+            machine_holder[0].stop(f"stopped by {signal.Signals(number).name}")
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restarts: list[float] = []
+    try:
+        while True:
+            machine = Machine(spec, console)
+            machine_holder[:] = [machine]
+            logging.getLogger("vmd").info("%s: started (%s boot, %s run loop)", spec.name, machine.plan.kind,
+                                          machine.run_loop_name)
+            try:
+                outcome = machine.run()
+            except KeyboardInterrupt:
+                machine.stop("interrupted")
+                machine.close()
+                return EXIT_INTERRUPTED
+            finally:
+                machine_holder.clear()
+            machine.close()
+            if outcome.kind == "reboot" and not no_reboot:
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+                if len(restarts) > RESTART_LIMIT:
+                    print(f"vmd: {spec.name}: rebooted {RESTART_LIMIT} times in a row within"
+                          f" {RESTART_WINDOW:.0f}s, giving up", file=sys.stderr)
+                    return EXIT_FAILURE
+                logging.getLogger("vmd").info("%s: rebooting (%s)", spec.name, outcome.message)
+                continue
+            if outcome.kind == "error":
+                print(f"vmd: {outcome.message}", file=sys.stderr)
+            else:
+                logging.getLogger("vmd").info("%s: %s", spec.name, outcome.message)
+            return exit_status(outcome)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    try:
+        args = _run_parser().parse_args(list(argv))
+        spec = _spec_from_args(args)
+    except UsageError as error:
+        print(f"vmd: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="vmd: %(message)s", stream=sys.stderr)
+    try:
+        console = Console(args.console)
+    except (ConsoleError, OSError) as error:
+        print(f"vmd: console: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        if console.path:
+            print(f"vmd: {spec.name}: console on {console.path}", file=sys.stderr, flush=True)
+        return run_foreground(spec, console, args.no_reboot)
+    except MachineError as error:
+        print(f"vmd: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        console.close()
+
+
+def vmd_main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "run":
+        return run_main(arguments[1:])
+    try:
+        from vmd.daemon.main import daemon_main  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        print("vmd: the daemon is not available yet; use 'vmd run' to run a VM in the foreground",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return int(daemon_main(arguments))
+
+
+def main() -> None:
+    sys.exit(vmd_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""A running virtual machine: KVM, guest memory, the platform devices, the boot, and the vCPU threads."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from vmd.boot import load_kernel
+from vmd.boot.bios import default_firmware
+from vmd.boot.state import BootError, BootOptions, BootPlan, CpuState, Segment
+from vmd.boot.x86 import write_mptable
+from vmd.console import Console
+from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
+from vmd.devices.base import Bus, ThreadScheduler
+from vmd.devices.debug_exit import DebugExit
+from vmd.devices.fw_cfg import FwCfg, seabios_files
+from vmd.devices.i8042 import I8042
+from vmd.devices.pci import PciBus, PciHostBridge
+from vmd.devices.rtc import Rtc
+from vmd.devices.sink import PortSink
+from vmd.devices.uart import Uart16550
+from vmd.kvm import structs as k
+from vmd.kvm.api import Kvm, KvmError, Vcpu, Vm
+from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, GuestMemory, GuestMemoryError
+from vmd.vcpu_loop import RunLoop, best_run_loop
+
+log = logging.getLogger("vmd.machine")
+
+COM1_PORT, COM1_IRQ = 0x3F8, 4
+RTC_PORT, RTC_IRQ = 0x70, 8
+DEBUG_EXIT_PORT = 0xF4
+FW_CFG_PORT = 0x510
+PCI_CONFIG_PORT = 0xCF8
+MAX_VCPUS = 64
+
+# MSRs set at boot (SDM vol. 4)
+MSR_IA32_MISC_ENABLE = 0x1A0
+MISC_ENABLE_FAST_STRINGS = 1 << 0
+APIC_BASE_ENABLE = 1 << 11
+APIC_BASE_BSP = 1 << 8
+
+# Local APIC register offsets (SDM vol. 3, 11.4.1)
+APIC_LVT_LINT0 = 0x350
+APIC_LVT_LINT1 = 0x360
+APIC_MODE_EXTINT = 0x7 << 8
+APIC_MODE_NMI = 0x4 << 8
+
+# kvm_run system event types (api.rst, KVM_EXIT_SYSTEM_EVENT)
+SYSTEM_EVENT_SHUTDOWN = 1
+SYSTEM_EVENT_RESET = 2
+
+
+class MachineError(Exception):
+    """The VM could not be built or failed; str() is a user-facing message."""
+
+
+@dataclass
+class MachineSpec:
+    name: str
+    memory: int
+    kernel: str | None = None  # None: the default BIOS (SeaBIOS)
+    initrd: str | None = None
+    cmdline: str = ""
+    vcpus: int = 1
+    cpu: str = DEFAULT_TEMPLATE
+    boot_device: str | None = None
+    option_roms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """How a VM run ended. kind: poweroff, reboot, error, stopped."""
+
+    kind: str
+    status: int = 0  # guest status: debug-exit value (v<<1)|1, 0 after a plain poweroff
+    message: str = ""
+
+
+class KvmIrqLine:
+    """An ISA interrupt line of the in-kernel PIC and I/O APIC (KVM_IRQ_LINE on GSI n)."""
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        self._vm = vm
+        self._gsi = gsi
+        self._level = False
+
+    def set_level(self, level: bool) -> None:
+        if level != self._level:
+            self._level = level
+            self._vm.irq_line(self._gsi, 1 if level else 0)
+
+
+def _segment(target: k.kvm_segment, source: Segment) -> None:
+    target.base = source.base
+    target.limit = source.limit
+    target.selector = source.selector
+    target.type = source.type
+    target.present = source.present
+    target.dpl = source.dpl
+    target.db = source.db
+    target.s = source.s
+    target.l = source.l
+    target.g = source.g
+
+
+def format_registers(vcpu: Vcpu) -> str:
+    """The vCPU's registers, for error messages."""
+    try:
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+    except KvmError as error:
+        return f"(registers unavailable: {error})"
+    names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+    lines = []
+    for i in range(0, len(names), 4):
+        lines.append("  " + " ".join(f"{n:>3}={getattr(regs, n):016x}" for n in names[i : i + 4]))
+    lines.append(f"  rip={regs.rip:016x} rflags={regs.rflags:08x} cs={sregs.cs.selector:04x}"
+                 f" (base {sregs.cs.base:x} l={sregs.cs.l} db={sregs.cs.db}) ss={sregs.ss.selector:04x}")
+    lines.append(f"  cr0={sregs.cr0:08x} cr2={sregs.cr2:x} cr3={sregs.cr3:x} cr4={sregs.cr4:x}"
+                 f" efer={sregs.efer:x} gdt={sregs.gdt.base:x}/{sregs.gdt.limit:x}"
+                 f" idt={sregs.idt.base:x}/{sregs.idt.limit:x}")
+    return "\n".join(lines)
+
+
+class Machine:
+    """Builds the VM in __init__, runs it with run(), and releases everything with close()."""
+
+    def __init__(self, spec: MachineSpec, console: Console, kvm: Kvm | None = None,
+                 run_loop: RunLoop | None = None) -> None:
+        self.spec = spec
+        self.console = console
+        self._outcome: Outcome | None = None
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._paused = threading.Event()
+        self._resume = threading.Condition()
+        self.run_loop_name, self._run_loop = ("custom", run_loop) if run_loop else best_run_loop()
+        check_template(spec.cpu)
+        if not 1 <= spec.vcpus <= MAX_VCPUS:
+            raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {MAX_VCPUS}")
+        self.memory: GuestMemory | None = None
+        self.scheduler: ThreadScheduler | None = None
+        self._own_kvm = kvm is None
+        try:
+            self.kvm = kvm or Kvm()
+            self._build()
+        except (KvmError, GuestMemoryError, BootError, OSError) as error:
+            self.close()
+            raise MachineError(str(error)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        spec = self.spec
+        for capability, name in ((k.KVM_CAP_IRQCHIP, "an in-kernel irqchip"), (k.KVM_CAP_PIT2, "an in-kernel PIT"),
+                                 (k.KVM_CAP_IMMEDIATE_EXIT, "immediate_exit")):
+            self.kvm.require(capability, name)
+        self.vm = self.kvm.create_vm()
+        self.vm.set_identity_map_address()
+        self.vm.set_tss_address()
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        self.memory = GuestMemory(spec.memory, f"vm/{spec.name}")
+        for region in self.memory.ram_regions():
+            self.vm.add_memory(region.guest_address, region.size, self.memory.host_address(region))
+
+        kernel = spec.kernel or default_firmware()
+        self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
+            cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device))
+        if self.plan.firmware is not None:
+            rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
+            self.vm.add_memory(rom.guest_address, rom.size, self.memory.host_address(rom))
+        if self.plan.needs_mptable:
+            write_mptable(self.memory, spec.vcpus)
+
+        self.scheduler = ThreadScheduler(f"vm/{spec.name}-timers")
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self.uart = Uart16550(KvmIrqLine(self.vm, COM1_IRQ), self.console.write, self.scheduler)
+        self.pio.add_pio(COM1_PORT, 8, self.uart)
+        below = self.memory.low_ram_end
+        above = self.memory.high_ram_end - FOUR_GIB if self.memory.high_ram_end else 0
+        self.rtc = Rtc(KvmIrqLine(self.vm, RTC_IRQ), self.scheduler, below, above, spec.vcpus)
+        self.pio.add_pio(RTC_PORT, 2, self.rtc)
+        self.i8042 = I8042(on_reset=lambda: self.finish(Outcome("reboot", message="reset by the keyboard controller")))
+        self.i8042.attach(self.pio)
+        self.pio.add_pio(DEBUG_EXIT_PORT, 1, DebugExit(on_exit=self._debug_exit))
+        sink = PortSink()
+        self.pio.add_pio(0x80, 1, sink)
+        self.pio.add_pio(0xED, 1, sink)
+        self.pci = PciBus()
+        self.pci.add(PciHostBridge(), slot=0)
+        self.pio.add_pio(PCI_CONFIG_PORT, 8, self.pci)
+        self.fw_cfg = FwCfg(self.memory)
+        self._fill_fw_cfg()
+        self.pio.add_pio(FW_CFG_PORT, 12, self.fw_cfg)
+        self.console.attach(self.uart.feed)
+
+        supported = self.kvm.supported_cpuid()
+        self.vcpus = []
+        for index in range(spec.vcpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(guest_cpuid(supported, spec.cpu, index, spec.vcpus))
+            vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRINGS)])
+            self._set_lapic_lines(vcpu)
+            self.vcpus.append(vcpu)
+        self._set_boot_state(self.vcpus[0], self.plan.cpu)
+
+    def _fill_fw_cfg(self) -> None:
+        """What SeaBIOS reads through fw_cfg (QEMU docs/specs/fw_cfg.rst; SeaBIOS src/fw/paravirt.c)."""
+        assert self.memory is not None
+        self.fw_cfg.add_item(0x03, self.memory.size.to_bytes(8, "little"))  # FW_CFG_RAM_SIZE
+        self.fw_cfg.add_item(0x04, (1).to_bytes(2, "little"))  # FW_CFG_NOGRAPHIC
+        self.fw_cfg.add_item(0x05, self.spec.vcpus.to_bytes(2, "little"))  # FW_CFG_NB_CPUS
+        self.fw_cfg.add_item(0x0F, self.spec.vcpus.to_bytes(2, "little"))  # FW_CFG_MAX_CPUS
+        for name, data in seabios_files(self.plan.e820).items():
+            self.fw_cfg.add_file(name, data)
+        for name, data in self.plan.fw_cfg_files.items():
+            self.fw_cfg.add_file(name, data)
+        for key, data in self.plan.fw_cfg_items.items():
+            self.fw_cfg.add_item(key, data)
+        for path in self.spec.option_roms:
+            import os
+
+            try:
+                with open(path, "rb") as rom:
+                    data = rom.read()
+            except OSError as error:
+                raise MachineError(f"{path}: {error.strerror}") from None
+            self.fw_cfg.add_file(f"genroms/{os.path.basename(path)}", data)
+
+    def _set_lapic_lines(self, vcpu: Vcpu) -> None:
+        """LINT0 as ExtINT and LINT1 as NMI, as a PC BIOS leaves them (MP spec 1.4, 3.6.2.2 virtual wire)."""
+        state = vcpu.get_lapic()
+        raw = bytearray(state.regs)
+        for offset, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
+            value = int.from_bytes(raw[offset : offset + 4], "little")
+            value = (value & ~0x1_0700) | mode  # unmask, set delivery mode
+            raw[offset : offset + 4] = value.to_bytes(4, "little")
+        state.regs = bytes(raw)
+        vcpu.set_lapic(state)
+
+    def _set_boot_state(self, vcpu: Vcpu, cpu: CpuState) -> None:
+        sregs = vcpu.get_sregs()
+        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+            _segment(getattr(sregs, name), getattr(cpu, name))
+        sregs.gdt.base, sregs.gdt.limit = cpu.gdt_base, cpu.gdt_limit
+        sregs.idt.base, sregs.idt.limit = cpu.idt_base, cpu.idt_limit
+        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer
+        sregs.apic_base = LAPIC_ADDRESS | APIC_BASE_ENABLE | APIC_BASE_BSP
+        vcpu.set_sregs(sregs)
+        check = vcpu.get_sregs()
+        if (check.cr0 ^ cpu.cr0) & (1 << 31 | 1):
+            raise MachineError(f"{self.spec.name}: the host's KVM refused the boot CPU mode"
+                               f" (cr0 {cpu.cr0:#x} became {check.cr0:#x}): this host cannot run"
+                               f" a {self.plan.kind} guest")
+        regs = k.kvm_regs()
+        for name, value in cpu.gprs.items():
+            setattr(regs, name, value)
+        regs.rip = cpu.rip
+        regs.rflags = cpu.rflags
+        vcpu.set_regs(regs)
+        fpu = k.kvm_fpu()
+        fpu.fcw = 0x37F  # FNINIT state (SDM vol. 1, 8.1.5)
+        fpu.mxcsr = 0x1F80
+        vcpu.set_fpu(fpu)
+
+    # -- events from devices -------------------------------------------------------------------------
+    def _debug_exit(self, status: int) -> None:
+        self.finish(Outcome("poweroff", status=status, message=f"debug exit, status {status}"))
+
+    def finish(self, outcome: Outcome) -> None:
+        """End the run with outcome (the first one wins) and stop every vCPU."""
+        if self._outcome is None:
+            self._outcome = outcome
+        self._done.set()
+        self._kick_all()
+
+    def _kick_all(self) -> None:
+        for vcpu in getattr(self, "vcpus", []):
+            vcpu.set_immediate_exit(True)
+        for thread in self._threads:
+            if thread.ident is not None and thread.is_alive():
+                try:
+                    signal.pthread_kill(thread.ident, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+
+    # -- running -------------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        """Run until the guest powers off, reboots or fails, or stop() is called."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, lambda number, frame: None)
+        for vcpu in self.vcpus:
+            thread = threading.Thread(target=self._vcpu_thread, args=(vcpu,), name=f"vcpu{vcpu.index}", daemon=True)
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+        while not self._done.wait(0.5):
+            pass
+        self._kick_all()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        self.uart.flush()
+        assert self._outcome is not None
+        return self._outcome
+
+    def stop(self, message: str = "stopped") -> None:
+        self.finish(Outcome("stopped", message=message))
+
+    def pause(self) -> None:
+        self._paused.set()
+        self._kick_all()
+
+    def unpause(self) -> None:
+        with self._resume:
+            self._paused.clear()
+            for vcpu in self.vcpus:
+                vcpu.set_immediate_exit(False)
+            self._resume.notify_all()
+
+    def _vcpu_thread(self, vcpu: Vcpu) -> None:
+        run_loop, pio, mmio, run, fd = self._run_loop, self.pio, self.mmio, vcpu.run, vcpu.fd
+        try:
+            while not self._done.is_set():
+                reason = run_loop(fd, run, pio, mmio)
+                if reason == k.KVM_EXIT_INTR:
+                    if self._paused.is_set() and not self._done.is_set():
+                        with self._resume:
+                            while self._paused.is_set() and not self._done.is_set():
+                                self._resume.wait(0.5)
+                        vcpu.set_immediate_exit(False)
+                    continue
+                self._handle_exit(vcpu, reason)
+        except Exception as error:  # a device bug must end the VM with a message, never hang it
+            log.exception("vcpu%d failed", vcpu.index)
+            self.finish(Outcome("error", message=f"vcpu{vcpu.index}: {type(error).__name__}: {error}"))
+
+    def _handle_exit(self, vcpu: Vcpu, reason: int) -> None:
+        name = self.spec.name
+        run = vcpu.run
+        if reason == k.KVM_EXIT_SHUTDOWN:
+            self.finish(Outcome("reboot", message="triple fault"))
+        elif reason == k.KVM_EXIT_SYSTEM_EVENT:
+            event = k.RUN_SYSTEM_EVENT.unpack_from(run, k.RUN_UNION_OFFSET)[0]
+            if event == SYSTEM_EVENT_SHUTDOWN:
+                self.finish(Outcome("poweroff", message="guest powered off"))
+            elif event == SYSTEM_EVENT_RESET:
+                self.finish(Outcome("reboot", message="guest reset"))
+            else:
+                self._fail(vcpu, f"system event {event}")
+        elif reason == k.KVM_EXIT_HLT:
+            self.finish(Outcome("poweroff", message="guest halted"))
+        elif reason == k.KVM_EXIT_INTERNAL_ERROR:
+            suberror, ndata = k.RUN_INTERNAL.unpack_from(run, k.RUN_UNION_OFFSET)
+            what = {1: "emulation failure", 2: "simultaneous exception", 3: "delivery event failure"}.get(
+                suberror, f"suberror {suberror}")
+            self._fail(vcpu, f"KVM internal error ({what})")
+        elif reason == k.KVM_EXIT_FAIL_ENTRY:
+            code, cpu = k.RUN_FAIL_ENTRY.unpack_from(run, k.RUN_UNION_OFFSET)
+            self._fail(vcpu, f"KVM entry failure (hardware reason {code:#x})")
+        elif reason == k.KVM_EXIT_MMIO:
+            self._fail(vcpu, "bad MMIO access")
+        else:
+            self._fail(vcpu, f"unexpected exit {k.EXIT_NAMES.get(reason, reason)}")
+        del name
+
+    def _fail(self, vcpu: Vcpu, what: str) -> None:
+        message = f"vm {self.spec.name}: vcpu{vcpu.index}: {what}\n{format_registers(vcpu)}"
+        self.finish(Outcome("error", status=1, message=message))
+
+    # -- teardown ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        self.console.attach(None)
+        for vcpu in getattr(self, "vcpus", []):
+            vcpu.close()
+        self.vcpus = []
+        if getattr(self, "vm", None) is not None:
+            self.vm.close()
+            self.vm = None  # type: ignore[assignment]
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        if self._own_kvm and getattr(self, "kvm", None) is not None:
+            self.kvm.close()
+            self.kvm = None  # type: ignore[assignment]
