@@ -1,0 +1,32 @@
+#!/bin/sh
+# Set up a fresh Debian 12 machine for vmd: packages, the Python venv (with the C run loop),
+# the test guests, and the Linux guest kit. Idempotent; run as root.
+set -eu
+cd "$(dirname "$0")/.."
+top=$(pwd)
+
+packages="gcc make python3-venv qemu-system-x86 qemu-utils seabios extlinux isolinux syslinux-common
+  xorriso busybox-static e2fsprogs cpio iproute2"
+missing=""
+for p in $packages; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "setup: installing$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+	echo "setup: creating .venv"
+	"$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+echo "setup: building the test guests"
+.venv/bin/python tests/guests/build.py tests/guests/out >/dev/null
+
+sh scripts/guest-kit.sh "$top/guest-kit"
+echo "setup: done"
