@@ -187,7 +187,8 @@ class Machine:
         self.rtc = Rtc(KvmIrqLine(self.vm, RTC_IRQ), self.scheduler, below, above, spec.vcpus)
         self.pio.add_pio(RTC_PORT, 2, self.rtc)
         self.i8042 = I8042(on_reset=lambda: self.finish(Outcome("reboot", message="reset by the keyboard controller")))
-        self.i8042.attach(self.pio)
+        self.pio.add(0x60, 1, self.i8042.data_read, self.i8042.data_write)
+        self.pio.add(0x64, 1, self.i8042.status_read, self.i8042.command_write)
         self.pio.add_pio(DEBUG_EXIT_PORT, 1, DebugExit(on_exit=self._debug_exit))
         sink = PortSink()
         self.pio.add_pio(0x80, 1, sink)
@@ -305,7 +306,6 @@ class Machine:
         self._kick_all()
         for thread in self._threads:
             thread.join(timeout=2.0)
-        self.uart.flush()
         assert self._outcome is not None
         return self._outcome
 
