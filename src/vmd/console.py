@@ -9,6 +9,7 @@ import errno
 import os
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 
@@ -22,8 +23,11 @@ class ConsoleError(Exception):
 class Console:
     """Guest output goes to write(); host input is passed to the function given to attach()."""
 
-    def __init__(self, mode: str = "stdio") -> None:
-        if mode not in MODES:
+    def __init__(self, mode: str = "stdio", master_fd: int | None = None) -> None:
+        """mode stdio or pty; or master_fd: the master side of a pty someone else opened (vmd's VM processes)."""
+        if master_fd is not None:
+            mode = "pty"
+        elif mode not in MODES:
             raise ConsoleError(f"unknown console {mode!r} (choose stdio or pty)")
         self.mode = mode
         self.path: str | None = None
@@ -31,7 +35,11 @@ class Console:
         self._saved_termios: list | None = None  # type: ignore[type-arg]
         self._lock = threading.Lock()
         self._closed = False
-        if mode == "pty":
+        if master_fd is not None:
+            self.master, self._slave = master_fd, -1
+            os.set_blocking(self.master, False)
+            self.input_fd, self.output_fd = self.master, self.master
+        elif mode == "pty":
             self.master, self._slave = os.openpty()
             self.path = os.ttyname(self._slave)
             tty.setraw(self._slave)
@@ -82,7 +90,10 @@ class Console:
                 data = os.read(self.input_fd, 4096)
             except BlockingIOError:
                 continue
-            except OSError:
+            except OSError as error:
+                if error.errno == errno.EIO and self.mode == "pty":
+                    time.sleep(0.2)  # nobody holds the tty open right now
+                    continue
                 return
             if not data:
                 if self.mode == "stdio":
@@ -100,6 +111,8 @@ class Console:
             self._saved_termios = None
         if self.mode == "pty":
             for fd in (self.master, self._slave):
+                if fd < 0:
+                    continue
                 try:
                     os.close(fd)
                 except OSError:

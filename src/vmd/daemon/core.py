@@ -1,0 +1,621 @@
+"""The vmd parent process: the registry, the control requests, and the VM processes' lifecycle."""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import pwd
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmd.daemon.control import Client, ControlServer, RequestError
+from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access
+from vmd.daemon.registry import (
+    DEFAULT_MEMORY,
+    PAUSED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING,
+    Registry,
+    VmDefinition,
+    VmEntry,
+)
+from vmd.daemon.supervisor import VM_USER, Terminal, VmProcess, describe_exit, spawn
+from vmd.vmproc import EXIT_REBOOT
+
+log = logging.getLogger("vmd")
+
+RESTART_LIMIT = 3  # VM_START_RATE_LIMIT: a 3rd restart each within 6 s is refused
+RESTART_WINDOW = 6.0  # VM_START_RATE_SEC
+STOP_TIMEOUT = 30.0  # graceful shutdown before force
+MAX_DISKS = 4
+MAX_NICS = 4
+MEMORY_MIN = 1 << 20
+MEMORY_MAX = 128 << 30
+ROOT_ONLY = {"load", "reload", "reset", "log"}
+
+# vmd's own result codes (vmd.h)
+VMD_BIOS_MISSING = 1001
+VMD_DISK_MISSING = 1002
+VMD_VM_STOP_INVALID = 1004
+VMD_CDROM_MISSING = 1005
+VMD_CDROM_INVALID = 1006
+VMD_PARENT_INVALID = 1007
+
+
+@dataclass(order=True)
+class _Timer:
+    deadline: float
+    sequence: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class Settings:
+    """Global settings from vm.conf."""
+
+    socket_group: int = 0
+    stagger_parallel: int = 0  # 0: number of CPUs
+    stagger_delay: float = 30.0
+
+
+ConfigLoader = Callable[[str], tuple[list[VmDefinition], Settings]]
+
+
+class Daemon:
+    def __init__(self, socket_path: str, config_path: str, load_config: ConfigLoader, verbose: int = 0,
+                 vm_user: str | None = VM_USER) -> None:
+        self.socket_path = socket_path
+        self.config_path = config_path
+        self.load_config = load_config
+        self.verbose = verbose
+        self.vm_user = vm_user
+        self.selector = selectors.DefaultSelector()
+        self.registry = Registry()
+        self.settings = Settings()
+        self._timers: list[_Timer] = []
+        self._sequence = itertools.count()
+        self._autostart: list[VmEntry] = []
+        self._autostart_timer: _Timer | None = None
+        self._quit = False
+        self._quit_deadline: float | None = None
+        self.control = ControlServer(socket_path, self.selector, self.handle_request)
+        self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._signal_r, selectors.EVENT_READ, self._on_signal)
+
+    # -- timers ---------------------------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(time.monotonic() + delay, next(self._sequence), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def _run_timers(self) -> float | None:
+        now = time.monotonic()
+        while self._timers and (self._timers[0].cancelled or self._timers[0].deadline <= now):
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+        return max(0.0, self._timers[0].deadline - now) if self._timers else None
+
+    # -- configuration --------------------------------------------------------------------------------
+    def configure(self, path: str, replace: bool) -> None:
+        """Load vm.conf: reload (replace: drop VMs that are not running) or load (add)."""
+        definitions, settings = self.load_config(path)
+        if replace:
+            for entry in list(self.registry.entries.values()):
+                if not entry.running:
+                    self.registry.remove(entry)
+        self.settings = settings
+        self.control.set_group(settings.socket_group)
+        for definition in definitions:
+            existing = self.registry.find(definition.name)
+            if existing is not None:
+                log.debug('vm "%s" skipped (%s)', definition.name, "running" if existing.running else "already exists")
+                continue
+            uid = definition.owner.uid if definition.owner.uid is not None else 0
+            entry = self.registry.add(definition, configured=True, uid=uid)
+            if definition.enabled:
+                entry.state = WAITING
+                self._autostart.append(entry)
+        self._schedule_autostart(0.0)
+
+    def _schedule_autostart(self, delay: float) -> None:
+        if self._autostart and self._autostart_timer is None:
+            self._autostart_timer = self.call_later(delay, self._autostart_batch)
+
+    def _autostart_batch(self) -> None:
+        """staggered start: parallel VMs at a time, then wait delay seconds (vm.conf(5))."""
+        self._autostart_timer = None
+        parallel = self.settings.stagger_parallel or os.cpu_count() or 1
+        batch, self._autostart = self._autostart[:parallel], self._autostart[parallel:]
+        for entry in batch:
+            if self.registry.entries.get(entry.id) is entry and entry.state == WAITING:
+                entry.state = STOPPED
+                try:
+                    self.start_entry(entry, entry.definition.owner.uid or 0)
+                except RequestError as error:
+                    log.warning("%s: failed to start vm: %s", entry.name, error.message)
+        if self._autostart:
+            self._schedule_autostart(self.settings.stagger_delay)
+
+    # -- requests -------------------------------------------------------------------------------------
+    def handle_request(self, client: Client, request: dict[str, Any]) -> None:
+        command = request.get("command")
+        handler = getattr(self, f"cmd_{command}", None) if isinstance(command, str) else None
+        if handler is None:
+            raise RequestError("EINVAL", f"unknown command {command!r}")
+        if command in ROOT_ONLY and not client.peer.is_root:
+            log.warning("denied request %s from uid %d", command, client.peer.uid)
+            raise RequestError.from_errno(errno.EPERM)
+        handler(client, request)
+
+    def _target(self, request: dict[str, Any]) -> VmEntry:
+        target = request.get("target")
+        if not isinstance(target, (str, int)) or isinstance(target, bool):
+            raise RequestError("EINVAL", "missing or invalid target")
+        entry = self.registry.find(target)
+        if entry is None:
+            raise RequestError.from_errno(errno.ENOENT, "vm not found")
+        return entry
+
+    def cmd_status(self, client: Client, request: dict[str, Any]) -> None:
+        rows = []
+        target = request.get("target")
+        for entry in self.registry.ordered():
+            if target not in (None, "") and not (str(entry.id) == str(target) or entry.name == target):
+                continue
+            if request.get("running_only") and not entry.running:
+                continue
+            process = entry.process
+            rows.append({
+                "id": entry.id,
+                "pid": process.pid if process else None,
+                "vcpus": entry.definition.vcpus,
+                "maxmem": entry.definition.memory or DEFAULT_MEMORY,
+                "curmem": process.resident_guest_bytes() if process else None,
+                "tty": entry.terminal.path if entry.terminal and process else None,
+                "owner": entry.owner_text(),
+                "state": entry.state,
+                "name": entry.name,
+            })
+        client.respond({"vms": rows})
+
+    def cmd_start(self, client: Client, request: dict[str, Any]) -> None:
+        peer = client.peer
+        target = request.get("target")
+        if not isinstance(target, (str, int)) or isinstance(target, bool) or target == "":
+            raise RequestError("EINVAL", "missing or invalid target")
+        overrides = {key: request[key] for key in ("kernel", "initrd", "append", "memory", "vcpus", "cpu", "disks",
+                                                   "cdrom", "boot_device", "nics", "switches", "local_nics")
+                     if request.get(key) not in (None, [], 0, "")}
+        parent_name = request.get("instance_of")
+        entry = self.registry.find(target)
+        if parent_name:
+            entry = self._make_instance(peer, str(target), str(parent_name), overrides)
+        elif entry is not None:
+            if entry.running or entry.state == STARTING:
+                raise RequestError.from_errno(errno.EALREADY, "vm is already running")
+            if not entry.permitted(peer):
+                raise RequestError.from_errno(errno.EPERM)
+            if set(overrides) - {"kernel"}:
+                raise RequestError.from_errno(errno.EALREADY)
+            if "kernel" in overrides:
+                self._check_file(overrides["kernel"], peer)
+                entry.kernel_override = overrides["kernel"]
+        else:
+            if not isinstance(target, str) or target.isdigit():
+                raise RequestError.from_errno(errno.ENOENT, "vm not found")
+            if not peer.is_root:
+                log.warning("permission denied: uid %d may not create vm %s", peer.uid, target)
+                raise RequestError.from_errno(errno.EPERM)
+            definition = self._definition_from_request(target, overrides)
+            entry = self.registry.add(definition, configured=False, uid=peer.uid)
+        if entry.state == WAITING:
+            entry.state = STOPPED
+        try:
+            self.start_entry(entry, peer.uid if not entry.configured else (entry.definition.owner.uid or 0),
+                             client=client)
+        except RequestError:
+            if not entry.configured:
+                self.registry.remove(entry)
+            raise
+
+    def _make_instance(self, peer: Peer, name: str, parent_name: str, overrides: dict[str, Any]) -> VmEntry:
+        parent = self.registry.find(parent_name)
+        if parent is None:
+            raise RequestError.from_errno(errno.ENOENT, "vm not found")
+        if self.registry.find(name) is not None:
+            raise RequestError.from_errno(errno.EALREADY)
+        from vmd.daemon.conf import instance_definition
+
+        try:
+            definition = instance_definition(parent.definition, name, overrides, peer)
+        except PermissionError as error:
+            log.warning("permission denied: %s", error)
+            raise RequestError.from_errno(errno.EPERM) from None
+        except ValueError as error:
+            raise RequestError("EINVAL", str(error), code=VMD_PARENT_INVALID) from None
+        return self.registry.add(definition, configured=False, uid=peer.uid)
+
+    def _definition_from_request(self, name: str, fields: dict[str, Any]) -> VmDefinition:
+        definition = VmDefinition(name=name)
+        for key, value in fields.items():
+            setattr(definition, key, value)
+        return definition
+
+    def _check_file(self, path: object, peer: Peer, write: bool = False, code: int | None = None) -> str:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise RequestError("EINVAL", f"{path!r}: not an absolute path")
+        try:
+            check_file_access(path, peer, write)
+        except AccessDenied as error:
+            raise RequestError("EACCES", str(error), code=code) from None
+        return path
+
+    def _validate(self, definition: VmDefinition, peer: Peer) -> None:
+        memory = definition.memory or DEFAULT_MEMORY
+        if not isinstance(memory, int) or not MEMORY_MIN <= memory <= MEMORY_MAX:
+            raise RequestError("EINVAL", "invalid memory size")
+        if not isinstance(definition.vcpus, int) or not 1 <= definition.vcpus <= 64:
+            raise RequestError("EINVAL", "invalid number of CPUs")
+        if len(definition.disks) > MAX_DISKS:
+            raise RequestError("EINVAL", "too many disks")
+        if definition.nics + len(definition.switches) + definition.local_nics > MAX_NICS:
+            raise RequestError("EINVAL", "too many network interfaces")
+        kernel = definition.kernel
+        if kernel:
+            self._check_file(kernel, peer)
+        if definition.initrd:
+            self._check_file(definition.initrd, peer)
+
+    def start_entry(self, entry: VmEntry, run_uid: int, client: Client | None = None) -> None:
+        """config_setvm + vmm start: open what the VM needs, fork+exec its process."""
+        now = time.monotonic()
+        definition = entry.definition
+        peer = Peer.lookup(run_uid, 0, 0) if client is None else client.peer
+        self._validate(definition, peer)
+        kernel = entry.kernel_override or definition.kernel
+        entry.kernel_override = None
+        files: dict[str, int] = {}
+        try:
+            for key, path in (("kernel", kernel), ("initrd", definition.initrd)):
+                if path:
+                    try:
+                        files[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as error:
+                        raise RequestError.from_errno(error.errno or errno.EIO,
+                                                      f"can't open {key} {path}: {error.strerror}") from None
+            if not kernel:
+                from vmd.boot.bios import default_firmware
+                from vmd.boot.state import BootError
+
+                try:
+                    default_firmware()
+                except BootError:
+                    raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING) from None
+            if entry.terminal is None:
+                entry.terminal = Terminal.open()
+            entry.terminal.give_to(run_uid, definition.owner.gid)
+            spec = {
+                "name": definition.name,
+                "memory": definition.memory or DEFAULT_MEMORY,
+                "kernel": None,
+                "initrd": None,
+                "cmdline": definition.append or "",
+                "vcpus": definition.vcpus,
+                "boot_device": definition.boot_device,
+            }
+            if definition.cpu:
+                spec["cpu"] = definition.cpu
+            process = spawn(definition.name, spec, entry.terminal, files, self._vm_user(), self.verbose)
+            files = {}
+        finally:
+            for fd in files.values():
+                os.close(fd)
+        entry.process = process
+        entry.run_uid = run_uid
+        entry.state = STARTING
+        entry.last_error = ""
+        entry.restarts = [t for t in entry.restarts if now - t < RESTART_WINDOW] + [now]
+        if client is not None:
+            entry.start_waiters.append(client)
+        self.selector.register(process.sock, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_event(e, p))
+        self.selector.register(process.pidfd, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_exit(e, p))
+
+    def _vm_user(self) -> str | None:
+        if self.vm_user is None or os.getuid() != 0:
+            return None
+        try:
+            pwd.getpwnam(self.vm_user)
+        except KeyError:
+            return None
+        return self.vm_user
+
+    # -- events from VM processes ---------------------------------------------------------------------
+    def _vm_event(self, entry: VmEntry, process: VmProcess) -> None:
+        message = process.read_event()
+        if message is None:
+            try:
+                self.selector.unregister(process.sock)
+            except (KeyError, ValueError):
+                pass
+            return
+        event = message.get("event")
+        if event == "running":
+            process.running = True
+            if entry.state == STARTING:
+                entry.state = RUNNING
+            assert entry.terminal is not None
+            log.info("started %s (vm %d) successfully, tty %s", entry.name, entry.id, entry.terminal.path)
+            for client in entry.start_waiters:
+                client.respond({"id": entry.id, "name": entry.name, "tty": entry.terminal.path, "pid": process.pid,
+                                "warnings": []})
+            entry.start_waiters.clear()
+        elif event == "exit":
+            process.outcome = message
+
+    def _vm_exit(self, entry: VmEntry, process: VmProcess) -> None:
+        for fd in (process.sock, process.pidfd):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        # a last message may still be queued on the socket
+        process.sock.setblocking(False)
+        while True:
+            try:
+                message = process.read_event()
+            except BlockingIOError:
+                break
+            if message is None:
+                break
+            if message.get("event") == "exit":
+                process.outcome = message
+        code = process.reap()
+        entry.process = None
+        if entry.stop_timer is not None:
+            entry.stop_timer.cancel()
+            entry.stop_timer = None
+        message = str(process.outcome.get("message", "")) or describe_exit(code)
+        log.info("%s (vm %d): %s", entry.name, entry.id, message)
+        if entry.start_waiters:
+            error = RequestError("EIO", message.splitlines()[0] if message else "failed to start vm")
+            for client in entry.start_waiters:
+                client.fail(error)
+            entry.start_waiters.clear()
+            entry.last_error = message
+        stopping = entry.state == STOPPING or self._quit
+        if code == EXIT_REBOOT and not stopping and process.running and not entry.definition.boot_device:
+            recent = [t for t in entry.restarts if time.monotonic() - t < RESTART_WINDOW]
+            if len(recent) >= RESTART_LIMIT:
+                log.warning("vm %d restarted too quickly", entry.id)
+            else:
+                try:
+                    self.start_entry(entry, entry.run_uid if entry.run_uid is not None else 0)
+                    return
+                except RequestError as error:
+                    log.warning("%s: restart failed: %s", entry.name, error.message)
+        self._terminated(entry)
+
+    def _terminated(self, entry: VmEntry) -> None:
+        """vm_terminate: a configured VM stays, stopped; one started ad hoc is forgotten."""
+        entry.state = STOPPED
+        entry.run_uid = None
+        if entry.terminal is not None:
+            entry.terminal.close()
+            entry.terminal = None
+        for client in entry.stop_waiters:
+            client.respond({"results": [{"id": entry.id, "name": entry.name, "result": "terminated"}]})
+        entry.stop_waiters.clear()
+        if not entry.configured:
+            self.registry.remove(entry)
+
+    # -- stop, pause, wait ----------------------------------------------------------------------------
+    def cmd_stop(self, client: Client, request: dict[str, Any]) -> None:
+        force, wait = bool(request.get("force")), bool(request.get("wait"))
+        if request.get("all"):
+            targets = [e for e in self.registry.ordered() if e.running and e.permitted(client.peer)]
+        else:
+            targets = [self._target(request)]
+        results = []
+        waiting: list[VmEntry] = []
+        for entry in targets:
+            result = self._stop_one(entry, client.peer, force)
+            results.append({"id": entry.id, "name": entry.name, "result": result})
+            if result in ("requested", "already stopping") and wait:
+                waiting.append(entry)
+        if not waiting:
+            client.respond({"results": results})
+            return
+        pending = {entry.id for entry in waiting}
+        collected = [r for r in results if r["id"] not in pending]
+
+        class _Collector:
+            def respond(self, payload: dict[str, Any]) -> None:
+                for row in payload["results"]:
+                    pending.discard(row["id"])
+                    collected.append(row)
+                if not pending:
+                    client.respond({"results": collected})
+
+            def fail(self, error: RequestError) -> None:
+                self.respond({"results": []})
+
+        collector = _Collector()
+        for entry in waiting:
+            entry.stop_waiters.append(collector)
+
+    def _stop_one(self, entry: VmEntry, peer: Peer, force: bool) -> str:
+        if not entry.permitted(peer):
+            return "not permitted"
+        if not entry.running:
+            return "not running"
+        assert entry.process is not None
+        if entry.state == STOPPING and not force:
+            return "already stopping"
+        entry.state = STOPPING
+        if force:
+            entry.process.kill()
+        else:
+            entry.process.send("shutdown")
+            process = entry.process
+            entry.stop_timer = self.call_later(STOP_TIMEOUT, process.kill)
+        return "requested"
+
+    def cmd_wait(self, client: Client, request: dict[str, Any]) -> None:
+        entry = self._target(request)
+        if not entry.permitted(client.peer):
+            raise RequestError.from_errno(errno.EPERM)
+        if not entry.running:
+            raise RequestError.from_errno(errno.EINVAL, "vm is not running")
+
+        class _Waiter:
+            def respond(self, payload: dict[str, Any]) -> None:
+                client.respond({"id": entry.id, "name": entry.name})
+
+            def fail(self, error: RequestError) -> None:
+                client.fail(error)
+
+        entry.stop_waiters.append(_Waiter())
+
+    def cmd_pause(self, client: Client, request: dict[str, Any]) -> None:
+        entry = self._target(request)
+        if not entry.permitted(client.peer):
+            raise RequestError.from_errno(errno.EPERM)
+        if entry.state != RUNNING or entry.process is None:
+            raise RequestError.from_errno(errno.EINVAL)
+        entry.process.send("pause")
+        entry.state = PAUSED
+        log.info("paused vm %d successfully", entry.id)
+        client.respond({"id": entry.id})
+
+    def cmd_unpause(self, client: Client, request: dict[str, Any]) -> None:
+        entry = self._target(request)
+        if not entry.permitted(client.peer):
+            raise RequestError.from_errno(errno.EPERM)
+        if entry.state != PAUSED or entry.process is None:
+            raise RequestError.from_errno(errno.EINVAL)
+        entry.process.send("unpause")
+        entry.state = RUNNING
+        log.info("unpaused vm %d successfully.", entry.id)
+        client.respond({"id": entry.id})
+
+    # -- root-only ------------------------------------------------------------------------------------
+    def cmd_load(self, client: Client, request: dict[str, Any]) -> None:
+        path = request.get("path")
+        if not isinstance(path, str) or not path:
+            raise RequestError("EINVAL", "missing path")
+        self._configure_or_fail(path, replace=False)
+        client.respond({})
+
+    def cmd_reload(self, client: Client, request: dict[str, Any]) -> None:
+        self._configure_or_fail(self.config_path, replace=True)
+        client.respond({})
+
+    def _configure_or_fail(self, path: str, replace: bool) -> None:
+        try:
+            self.configure(path, replace)
+        except ConfigError as error:
+            for line in error.errors:
+                log.warning("%s", line)
+            raise RequestError("EINVAL", error.errors[0] if error.errors else "invalid configuration") from None
+
+    def cmd_reset(self, client: Client, request: dict[str, Any]) -> None:
+        what = request.get("what", "all")
+        if what not in ("all", "switches", "vms"):
+            raise RequestError("EINVAL", f"invalid reset target {what!r}")
+        if what in ("all", "vms"):
+            for entry in list(self.registry.entries.values()):
+                if entry.process is not None:
+                    entry.state = STOPPING
+                    entry.process.kill()
+                entry.configured = False
+                if not entry.running:
+                    self.registry.remove(entry)
+            self._autostart.clear()
+        client.respond({})
+
+    def cmd_log(self, client: Client, request: dict[str, Any]) -> None:
+        level = request.get("level")
+        if level not in ("brief", "verbose"):
+            raise RequestError("EINVAL", f"invalid log level {level!r}")
+        self.verbose = 2 if level == "verbose" else 0
+        logging.getLogger("vmd").setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
+        client.respond({})
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def signal_received(self, number: int) -> None:
+        """Called from the signal handler: only writes to the self-pipe."""
+        try:
+            os.write(self._signal_w, bytes([number]))
+        except OSError:
+            pass
+
+    def _on_signal(self, mask: int) -> None:
+        try:
+            data = os.read(self._signal_r, 64)
+        except BlockingIOError:
+            return
+        for number in data:
+            if number == signal.SIGHUP:
+                log.info("reload requested with SIGHUP")
+                try:
+                    self.configure(self.config_path, replace=True)
+                except ConfigError as error:
+                    for line in error.errors:
+                        log.warning("%s", line)
+            elif number in (signal.SIGTERM, signal.SIGINT):
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        """SIGTERM: ask every VM to shut down, force those still running after STOP_TIMEOUT, then exit."""
+        if self._quit:
+            return
+        log.info("terminating")
+        self._quit = True
+        self._quit_deadline = time.monotonic() + STOP_TIMEOUT
+        self._autostart.clear()
+        for entry in self.registry.entries.values():
+            if entry.process is not None:
+                entry.state = STOPPING
+                entry.process.send("shutdown")
+
+    def run(self) -> None:
+        while True:
+            if self._quit:
+                running = [e for e in self.registry.entries.values() if e.process is not None]
+                if not running:
+                    break
+                if self._quit_deadline is not None and time.monotonic() > self._quit_deadline:
+                    for entry in running:
+                        assert entry.process is not None
+                        entry.process.kill()
+                    self._quit_deadline = None
+            timeout = self._run_timers()
+            if self._quit:
+                timeout = 0.5 if timeout is None else min(timeout, 0.5)
+            for key, mask in self.selector.select(timeout):
+                key.data(mask)
+        self.control.shutdown()
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors[0] if errors else "invalid configuration")
+        self.errors = errors
+
+
+__all__ = ["Daemon", "ConfigError", "Settings", "Owner"]

@@ -1,0 +1,124 @@
+"""vmd's list of VMs: definitions from vm.conf or from vmctl start, and their running state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmd.daemon.permissions import Owner, Peer
+from vmd.daemon.supervisor import Terminal, VmProcess
+
+DEFAULT_MEMORY = 512 * 1024 * 1024  # VM_DEFAULT_MEMORY
+
+# vmctl status states (vmctl.c vm_state)
+RUNNING, STOPPED, STOPPING, PAUSED, WAITING, STARTING = "running", "stopped", "stopping", "paused", "waiting", "starting"
+
+
+@dataclass
+class VmDefinition:
+    """What a VM is: from a vm block in vm.conf, or from the options of vmctl start."""
+
+    name: str
+    memory: int | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str = ""
+    vcpus: int = 1
+    cpu: str | None = None
+    boot_device: str | None = None
+    cdrom: str | None = None
+    disks: list[dict[str, Any]] = field(default_factory=list)
+    nics: int = 0
+    switches: list[str] = field(default_factory=list)
+    local_nics: int = 0
+    owner: Owner = field(default_factory=Owner)
+    enabled: bool = True
+    config: Any = None  # the config.VmSpec it came from, for instances
+
+
+@dataclass
+class VmEntry:
+    id: int
+    definition: VmDefinition
+    configured: bool  # from vm.conf: stays listed when stopped
+    state: str = STOPPED
+    run_uid: int | None = None  # the uid the running VM belongs to (vm_uid)
+    process: VmProcess | None = None
+    terminal: Terminal | None = None
+    kernel_override: str | None = None  # vmctl start -b on a configured VM: next boot only
+    restarts: list[float] = field(default_factory=list)
+    start_waiters: list[Any] = field(default_factory=list)  # clients waiting for the start result
+    stop_waiters: list[Any] = field(default_factory=list)  # (client, payload maker) waiting for termination
+    stop_timer: Any = None
+    last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def permitted(self, peer: Peer) -> bool:
+        """vm_checkperm: a running VM belongs to the uid it runs for; a stopped one to its configured owner."""
+        owner = self.definition.owner
+        if self.running and self.run_uid is not None:
+            owner = Owner(self.run_uid, owner.gid)
+        return owner.admits(peer)
+
+    def owner_text(self) -> str:
+        owner = self.definition.owner
+        if self.running and self.run_uid is not None:
+            owner = Owner(self.run_uid, owner.gid)
+        return owner.text()
+
+
+class Registry:
+    """VMs by id and name; ids are claimed per (name, uid) and reused, as vmd's vm_claimid does."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, VmEntry] = {}
+        self._claims: dict[tuple[str, int], int] = {}
+        self._next_id = 1
+
+    def claim_id(self, name: str, uid: int) -> int:
+        key = (name, uid)
+        if key not in self._claims:
+            self._claims[key] = self._next_id
+            self._next_id += 1
+        return self._claims[key]
+
+    def add(self, definition: VmDefinition, configured: bool, uid: int) -> VmEntry:
+        entry = VmEntry(self.claim_id(definition.name, uid), definition, configured)
+        self.entries[entry.id] = entry
+        return entry
+
+    def remove(self, entry: VmEntry) -> None:
+        self.entries.pop(entry.id, None)
+
+    def find(self, target: object) -> VmEntry | None:
+        """By id (a number, or digits) or by name."""
+        if isinstance(target, bool):
+            return None
+        if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+            return self.entries.get(int(target))
+        if isinstance(target, str):
+            for entry in self.entries.values():
+                if entry.name == target:
+                    return entry
+        return None
+
+    def reset_ids(self) -> None:
+        self._claims.clear()
+        self._next_id = 1
+
+    def ordered(self) -> list[VmEntry]:
+        """Status order: running VMs first, then the others, each by id."""
+        entries = sorted(self.entries.values(), key=lambda e: e.id)
+        return [e for e in entries if e.running] + [e for e in entries if not e.running]
+
+
+def now() -> float:
+    return time.monotonic()

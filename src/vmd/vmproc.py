@@ -1,0 +1,159 @@
+"""The VM process: one per running VM, fork+exec'd by vmd as `vmd: vm/<name>`.
+
+It receives, over a SOCK_SEQPACKET socketpair on the fd named in argv, one JSON message describing the VM
+with the file descriptors it needs (SCM_RIGHTS): the console pty's master side, the kernel and the initrd.
+It builds the machine while still root (/dev/kvm, guest memory), then drops to the unprivileged user vmd
+names, with no new privileges, and runs the guest. It holds nothing but what it was handed.
+
+Messages to vmd: {"event": "running"}, then {"event": "exit", "kind", "status", "message"}.
+Messages from vmd: {"command": "pause" | "unpause" | "shutdown" | "terminate"}.
+Exit status: 0 after a poweroff or a stop, EXIT_REBOOT after a guest reboot, 1 after a failure.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import json
+import logging
+import os
+import pwd
+import socket
+import sys
+import threading
+
+from vmd.console import Console
+from vmd.machine import Machine, MachineError, MachineSpec, Outcome
+
+EXIT_REBOOT = 75
+MAX_MESSAGE = 65536
+MAX_FDS = 16
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_NAME = 15
+
+log = logging.getLogger("vmd.vm")
+
+
+def send_message(sock: socket.socket, message: dict[str, object], fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def receive_message(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
+    """One message and the fds that came with it; (None, []) when the peer has gone."""
+    fds = array.array("i")
+    data, ancillary, _flags, _address = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if not data:
+        return None, list(fds)
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("message is not an object")
+    return message, list(fds)
+
+
+def drop_privileges(user: str) -> None:
+    """Become user, with no supplementary groups and no way back (no_new_privs)."""
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    os.chdir("/")
+
+
+def _set_thread_name(name: str) -> None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _commands(sock: socket.socket, machine: Machine) -> None:
+    """Serve vmd's requests until it goes away (then stop the VM: nobody owns it any more)."""
+    while True:
+        try:
+            message, fds = receive_message(sock)
+        except (OSError, ValueError):
+            message, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if message is None:
+            machine.stop("vmd went away")
+            return
+        command = message.get("command")
+        if command == "pause":
+            machine.pause()
+        elif command == "unpause":
+            machine.unpause()
+        elif command == "shutdown":
+            # A guest without vmmci or ACPI cannot be asked; vmd's VM process then exits at once.
+            machine.stop("shutdown requested")
+        elif command == "terminate":
+            machine.stop("terminated")
+
+
+def vm_process(control_fd: int) -> int:
+    sock = socket.socket(fileno=control_fd)
+    message, fds = receive_message(sock)
+    if message is None:
+        return 1
+    spec_fields = message["spec"]
+    assert isinstance(spec_fields, dict)
+    verbose = int(message.get("verbose", 0))  # type: ignore[call-overload]
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format=f"vm/{spec_fields['name']}: %(message)s", stream=sys.stderr)
+    fd_map = {name: fds[index] for name, index in dict(message.get("fds", {})).items()}  # type: ignore[call-overload]
+    for key in ("kernel", "initrd"):
+        if key in fd_map:
+            spec_fields[key] = f"/proc/self/fd/{fd_map[key]}"
+    spec = MachineSpec(**spec_fields)
+    console = Console(master_fd=fd_map["console"])
+    _set_thread_name(f"vm/{spec.name}")
+    try:
+        machine = Machine(spec, console)
+    except MachineError as error:
+        send_message(sock, {"event": "exit", "kind": "error", "status": 1, "message": str(error)})
+        return 1
+    for key in ("kernel", "initrd"):
+        if key in fd_map:
+            os.close(fd_map[key])
+    user = str(message.get("user") or "")
+    if user and os.getuid() == 0:
+        try:
+            drop_privileges(user)
+        except (KeyError, OSError) as error:
+            send_message(sock, {"event": "exit", "kind": "error", "status": 1,
+                                "message": f"cannot drop privileges to {user}: {error}"})
+            return 1
+    send_message(sock, {"event": "running", "pid": os.getpid(), "run_loop": machine.run_loop_name})
+    threading.Thread(target=_commands, args=(sock, machine), name="vmd-control", daemon=True).start()
+    outcome: Outcome = machine.run()
+    machine.close()
+    try:
+        send_message(sock, {"event": "exit", "kind": outcome.kind, "status": outcome.status,
+                            "message": outcome.message})
+    except OSError:
+        pass
+    if outcome.kind == "reboot":
+        return EXIT_REBOOT
+    return 1 if outcome.kind == "error" else 0
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        print("vmd: the VM process is started by vmd, not by hand", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(vm_process(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()
