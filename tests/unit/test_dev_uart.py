@@ -154,25 +154,37 @@ def test_rx_interrupt_and_fifo_trigger() -> None:
 
 
 def test_backlog_never_drops() -> None:
-    uart, _, _ = make()
+    sched = ManualScheduler()
+    uart, irq, _ = make(sched)
     wr(uart, FCR, 0x07)
+    wr(uart, IER, 0x01)
     data = bytes(i & 0xFF for i in range(1000))
     uart.feed(data)
     assert uart.pending_input == 1000
     got = bytearray()
-    while rd(uart, LSR) & 1:
-        got.append(rd(uart, RBR))
+    bursts = 0
+    while uart.pending_input:
+        assert irq.level  # one edge per burst
+        while rd(uart, LSR) & 1:
+            got.append(rd(uart, RBR))
+        assert not irq.level
+        bursts += 1
+        sched.advance(0)
     assert bytes(got) == data
+    assert bursts == (1000 + 15) // 16
     assert not rd(uart, LSR) & 0x02
 
 
 def test_16450_mode_rx() -> None:
-    uart, irq, _ = make()
+    sched = ManualScheduler()
+    uart, irq, _ = make(sched)
     wr(uart, IER, 0x01)
     uart.feed(b"xy")
     assert irq.level
     assert rd(uart, IIR) == 0x04
     assert rd(uart, RBR) == ord("x")
+    assert not irq.level
+    sched.advance(0)  # the next byte arrives
     assert irq.level
     assert rd(uart, RBR) == ord("y")
     assert not irq.level
@@ -201,6 +213,16 @@ def test_modem_status_interrupt() -> None:
     assert rd(uart, IIR) == 0x00
     assert rd(uart, MSR) & 0x0F
     assert not irq.level
+
+
+def test_loopback_holds_host_input() -> None:
+    uart, _, _ = make()
+    wr(uart, MCR, 0x10)
+    uart.feed(b"k")
+    assert not rd(uart, LSR) & 1
+    wr(uart, MCR, 0x0B)
+    assert rd(uart, LSR) & 1
+    assert rd(uart, RBR) == ord("k")
 
 
 def test_fifo_clear() -> None:

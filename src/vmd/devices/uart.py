@@ -19,8 +19,10 @@ Model choices (the host side is fast, so transmission is instantaneous):
   THR write, which batches a burst of writes made by an interrupt handler into one interrupt, as a real
   transmit FIFO would.  Without a scheduler it is re-armed at once.
 - Receive: a 16-byte FIFO (1 byte in 16450 mode, FCR bit 0 clear).  ``feed()`` puts host input in the FIFO;
-  what does not fit waits in a host-side backlog and moves in as the guest reads, so nothing is dropped and
-  OE is only seen in loopback mode.  The character-timeout interrupt (IIR 0xC, datasheet 8.4 table IV) is
+  what does not fit waits in a host-side backlog, so nothing is dropped and OE is only seen in loopback
+  mode.  When the guest empties the FIFO, the next backlog burst moves in from the scheduler
+  (``call_later(0)``), so the IRQ line falls and rises between bursts (the PIC input is edge-triggered).
+  The character-timeout interrupt (IIR 0xC, datasheet 8.4 table IV) is
   raised when data below the trigger level has sat for about four character times at the programmed baud
   rate (capped at 20 ms), through the scheduler; without one it is reported at once.
 - The IRQ output is not gated by MCR.OUT2 (QEMU does not gate it either): a guest that enables IER gets
@@ -121,6 +123,7 @@ class Uart16550:
         self._thre_timer: Timer | None = None
         self._timeout_pending = False
         self._timeout_timer: Timer | None = None
+        self._refill_timer: Timer | None = None
 
     # -- host side ------------------------------------------------------------------------------------
 
@@ -234,6 +237,9 @@ class Uart16550:
         elif offset == 4:
             self._mcr = value & 0x1F
             self._set_modem_status(self._modem_inputs())
+            if self._backlog and not value & MCR_LOOP:
+                self._refill()
+                self._rx_arrived()
             self._update_irq()
         elif offset == 7:
             self._scr = value
@@ -260,8 +266,8 @@ class Uart16550:
         if not rx:
             return 0
         value = rx.pop(0)
-        if self._backlog:
-            self._refill()
+        if not rx and self._backlog:
+            self._schedule_refill()
         self._timeout_pending = False
         if rx:
             self._arm_timeout()
@@ -274,10 +280,34 @@ class Uart16550:
         return FIFO_SIZE if self._fifo_enabled else 1
 
     def _refill(self) -> None:
+        if self._mcr & MCR_LOOP:
+            return  # loopback disconnects the serial input (datasheet 8.8): host input waits
         room = self._capacity() - len(self._rx)
         if room > 0 and self._backlog:
             self._rx += self._backlog[:room]
             del self._backlog[:room]
+
+    def _schedule_refill(self) -> None:
+        """The guest emptied the FIFO: more backlog arrives shortly, as if from the line.
+
+        Refilling later rather than at once lets the FIFO run dry between bursts, so the IRQ line drops
+        and rises again: an edge-triggered PIC sees every burst, and an interrupt handler that reads until
+        LSR.DR clears always finishes.
+        """
+        scheduler = self._scheduler
+        if scheduler is None:
+            self._refill()
+            self._rx_arrived()
+        elif self._refill_timer is None:
+            self._refill_timer = scheduler.call_later(0.0, self._on_refill)
+
+    def _on_refill(self) -> None:
+        with self._lock:
+            self._refill_timer = None
+            if self._backlog and len(self._rx) < self._capacity():
+                self._refill()
+                self._rx_arrived()
+                self._update_irq()
 
     def _receive_byte(self, value: int) -> None:
         if len(self._rx) < self._capacity():
