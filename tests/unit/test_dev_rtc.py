@@ -145,6 +145,17 @@ def test_update_interrupt() -> None:
     assert not irq.level
 
 
+def test_update_timer_woken_early_waits() -> None:
+    rtc, irq, sched, clock = make(t=T0 + 0.25)
+    wr(rtc, 0x0B, 0x12)
+    clock.t = T0 + 0.999  # the host wall clock lags the scheduler's
+    sched.advance(0.76)
+    assert not irq.level
+    clock.t = T0 + 1.0005
+    sched.advance(0.01)
+    assert irq.level
+
+
 def test_alarm_interrupt() -> None:
     rtc, irq, sched, clock = make(t=T0 + 0.5)
     wr(rtc, 0x01, 0x58)  # alarm at xx:xx:58 (BCD)

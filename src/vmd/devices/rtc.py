@@ -92,6 +92,7 @@ class Rtc:
         self._periodic_deadline = 0.0  # monotonic time of the last scheduled periodic tick
         self._periodic_paused = False
         self._update_timer: Timer | None = None
+        self._last_update_second = 0
         self._last_poll_mono = scheduler.monotonic()
         self._last_poll_second = math.floor(self._now())
         nv = self._nvram
@@ -333,7 +334,9 @@ class Rtc:
         regb = self._nvram[REGB]
         if regb & REGB_SET or not regb & (REGB_UIE | REGB_AIE):
             return
-        delay = 1.0 - math.modf(self._now())[0]
+        now = self._now()
+        self._last_update_second = math.floor(now)
+        delay = 1.0 - math.modf(now)[0]
         self._update_timer = self._scheduler.call_later(delay + 1e-6, self._on_update)
 
     def _on_update(self) -> None:
@@ -342,6 +345,11 @@ class Rtc:
             regb = self._nvram[REGB]
             if regb & REGB_SET:
                 return
+            second = math.floor(self._now())
+            if second == self._last_update_second:
+                self._schedule_update()  # woke early (host clocks drift apart): wait for the boundary
+                return
+            self._last_update_second = second
             self._raise(REGC_UF)
             if regb & REGB_AIE and self._alarm_matches():
                 self._raise(REGC_AF)
