@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Build the freestanding test guests in tests/guests/ with gcc, ld and objcopy.
+
+Usage:  python3 tests/guests/build.py [outdir] [name ...]
+Import: from build import build_all; paths = build_all(outdir)  # {name: path}
+
+Each guest is rebuilt only when the hash of its inputs (sources, every header
+and linker script in this directory, the compiler flags and this file) changed.
+Also exports fnv1a32(), the initrd checksum the guests verify (initrd_sum=).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "out"
+
+CFLAGS = [
+    "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-nostdlib",
+    "-mno-sse", "-mno-mmx", "-mno-80387", "-mno-red-zone", "-O2",
+    "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fcf-protection=none",
+    "-fno-jump-tables", "-Wall", "-Wno-parentheses",
+]
+ARCH_FLAGS = {
+    32: ["-m32", "-march=i686"],
+    64: ["-m64", "-mcmodel=small", "-mgeneral-regs-only"],
+    16: ["-m16", "-march=i386", "-Os"],
+}
+LD_EMUL = {32: "elf_i386", 64: "elf_x86_64", 16: "elf_i386"}
+LDFLAGS = ["-nostdlib", "--build-id=none", "-z", "noexecstack", "-z", "max-page-size=4096",
+           "--no-warn-rwx-segments"]
+
+LIB_COMMON = ["serial.c", "printf.c", "string.c", "check.c", "idt.c", "isr.S", "pic.c",
+              "apic.c", "pit.c", "rtc.c", "pci.c", "mptable.c", "platform.c", "memmap.c"]
+LIB32 = ["lib/" + f for f in LIB_COMMON + ["div64.c", "start32.S"]]
+LIB64 = ["lib/" + f for f in LIB_COMMON]
+
+# name -> recipe. kind "elf": link with the ld script; "bin": objcopy -O binary of it.
+GUESTS: dict[str, dict] = {
+    "multiboot": dict(kind="elf", arch=32, ld="flat32.ld", out="multiboot.elf",
+                      src=LIB32 + ["lib/mbstart.S", "src/multiboot.c"]),
+    "multiboot-aout": dict(kind="bin", arch=32, ld="flat32-bin.ld", out="multiboot-aout.bin",
+                           defs=["AOUT_KLUDGE"],
+                           src=LIB32 + ["lib/mbstart.S", "src/multiboot.c"]),
+}
+
+
+def fnv1a32(data: bytes) -> int:
+    """The checksum the guests compare with initrd_sum=<hex> (32-bit FNV-1a)."""
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("command failed: " + " ".join(cmd) + "\n" + r.stdout)
+
+
+def _inputs_digest(name: str, recipe: dict) -> str:
+    h = hashlib.sha256()
+    h.update(repr(sorted((k, repr(v)) for k, v in recipe.items())).encode())
+    h.update(repr((CFLAGS, ARCH_FLAGS, LDFLAGS)).encode())
+    files = set(recipe.get("src", [])) | set(recipe.get("extra_inputs", []))
+    files |= {str(p.relative_to(HERE)) for p in (HERE / "lib").glob("*.h")}
+    files |= {str(p.relative_to(HERE)) for p in (HERE / "ld").glob("*.ld")}
+    files.add("build.py")
+    for f in sorted(files):
+        h.update(f.encode())
+        h.update((HERE / f).read_bytes())
+    return h.hexdigest()
+
+
+def _compile(recipe: dict, objdir: Path) -> list[Path]:
+    arch = recipe["arch"]
+    objs = []
+    defs = ["-D" + d for d in recipe.get("defs", [])]
+    for src in recipe["src"]:
+        sarch = 64 if src.endswith("@64") else arch
+        src = src.removesuffix("@64")
+        obj = objdir / (src.replace("/", "_") + ".o")
+        cmd = ["gcc", *CFLAGS, *ARCH_FLAGS[sarch], *defs, "-I", str(HERE / "lib"),
+               "-c", str(HERE / src), "-o", str(obj)]
+        _run(cmd)
+        objs.append(obj)
+    return objs
+
+
+def _link(recipe: dict, objs: list[Path], elf: Path) -> None:
+    _run(["ld", "-m", LD_EMUL[recipe["arch"]], *LDFLAGS, "-T", str(HERE / "ld" / recipe["ld"]),
+          "-o", str(elf), *map(str, objs)])
+
+
+def _build_one(name: str, recipe: dict, outdir: Path) -> Path:
+    objdir = outdir / "obj" / name
+    objdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / recipe["out"]
+    kind = recipe["kind"]
+    objs = _compile(recipe, objdir)
+    if kind == "elf":
+        _link(recipe, objs, out)
+    elif kind == "bin":
+        elf = objdir / (name + ".elf")
+        _link(recipe, objs, elf)
+        _run(["objcopy", "-O", "binary", str(elf), str(out)])
+    else:
+        recipe["builder"](name, recipe, objs, objdir, out)
+    return out
+
+
+def build_all(outdir: str | os.PathLike | None = None, names: list[str] | None = None) -> dict[str, Path]:
+    """Build every guest (or just `names`) into outdir; return {name: output path}."""
+    outdir = Path(outdir) if outdir else DEFAULT_OUT
+    outdir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for name, recipe in GUESTS.items():
+        if names and name not in names:
+            continue
+        out = outdir / recipe["out"]
+        stamp = outdir / "obj" / (name + ".stamp")
+        digest = _inputs_digest(name, recipe)
+        if not (out.exists() and stamp.exists() and stamp.read_text() == digest):
+            _build_one(name, recipe, outdir)
+            stamp.write_text(digest)
+        result[name] = out
+    return result
+
+
+def main(argv: list[str]) -> int:
+    outdir = argv[1] if len(argv) > 1 else None
+    names = argv[2:] or None
+    for name, path in build_all(outdir, names).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
