@@ -17,6 +17,11 @@ if [ -n "$missing" ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
+# The unprivileged user VM processes run as (vmd(8): _vmd).
+if ! getent passwd _vmd >/dev/null; then
+	useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin _vmd
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
 	echo "setup: creating .venv"
