@@ -47,6 +47,8 @@ GUESTS: dict[str, dict] = {
     "multiboot-aout": dict(kind="bin", arch=32, ld="flat32-bin.ld", out="multiboot-aout.bin",
                            defs=["AOUT_KLUDGE"],
                            src=LIB32 + ["lib/mbstart.S", "src/multiboot.c"]),
+    "demo": dict(kind="elf", arch=32, ld="flat32.ld", out="demo.elf",
+                 src=LIB32 + ["lib/mbstart.S", "src/demo.c"]),
 }
 
 
