@@ -97,13 +97,13 @@ class _Hangup(Exception):
 
 
 @contextmanager
-def _raw(fd: int) -> Iterator[None]:
+def _raw(fd: int, when: int = termios.TCSAFLUSH) -> Iterator[None]:
     """Raw mode on fd if it is a terminal, restored on the way out whatever happens."""
     saved = None
     if os.isatty(fd):
         try:
             saved = termios.tcgetattr(fd)
-            tty.setraw(fd, termios.TCSAFLUSH)
+            tty.setraw(fd, when)
         except termios.error:
             saved = None
     try:
@@ -159,7 +159,8 @@ class ConsoleClient:
     def run(self) -> None:
         fd = open_console(self.tty_path)
         try:
-            with _signals_restore(), _raw(self.stdin_fd), _raw(fd):
+            # the VM's tty without flushing: what the guest wrote before we came is shown
+            with _signals_restore(), _raw(self.stdin_fd), _raw(fd, termios.TCSANOW):
                 try:
                     self._loop(fd)
                 except _Hangup:
