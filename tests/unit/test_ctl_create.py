@@ -1,0 +1,150 @@
+"""`vmctl create`: raw images (size, sparseness, no overwrite) and raw-to-raw conversion."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vmd.ctl.create import detect_format, parse_disktype
+from vmd.ctl.main import main
+
+MB = 1024 * 1024
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_create_raw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    assert run(capsys, "create", "-s", "10G", str(img)) == (0, "", "vmctl: raw imagefile created\n")
+    st = img.stat()
+    assert st.st_size == 10 * 1024 * MB
+    assert st.st_blocks == 0  # sparse
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_create_rounds_to_mb(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    img = tmp_path / "d"
+    assert run(capsys, "cr", "-s", "1.5M", str(img)) == (
+        0, "", "vmctl: disk size rounded to 1.0M\nvmctl: raw imagefile created\n")
+    assert img.stat().st_size == MB
+    img2 = tmp_path / "e"
+    assert run(capsys, "create", "-s", "4.5G", f"raw:{img2}") == (0, "", "vmctl: raw imagefile created\n")
+    assert img2.stat().st_size == 4608 * MB
+
+
+def test_create_never_overwrites(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"precious")
+    assert run(capsys, "create", "-s", "1M", str(img)) == (
+        1, "", "vmctl: create imagefile operation failed: File exists\n")
+    assert img.read_bytes() == b"precious"
+    assert run(capsys, "create", "-s", "1M", str(tmp_path / "no" / "dir.img")) == (
+        1, "", "vmctl: create imagefile operation failed: No such file or directory\n")
+
+
+@pytest.mark.parametrize(
+    "argv, err",
+    [
+        (["-s", "100K"], "vmctl: disk size must be at least 1MB\n"),
+        (["-s", "x"], "vmctl: invalid disk size: x: Invalid argument\n"),
+        (["-b", "base.qcow2", "-s", "1M"], "vmctl: base images require qcow2 disk format\n"),
+        (["-b", "base", "-i", "in"], "vmctl: conflicting -b and -i arguments\n"),
+    ],
+)
+def test_create_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], err: str) -> None:
+    assert run(capsys, "create", *argv, str(tmp_path / "out.img")) == (1, "", err)
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_create_missing_size(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = str(tmp_path / "o.img")
+    assert run(capsys, "create", out) == (
+        1, "", f"could not create {out}: missing size argument\n"
+        "usage:\tvmctl [-v] create [-b base | -i disk] [-s size] disk\n")
+
+
+def _sparse_source(path: Path) -> bytes:
+    """A 3.25 MB source: data at 0, at 1 MB + 100 and in its last bytes; holes elsewhere."""
+    size = 3 * MB + 256 * 1024
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(0)
+        f.write(b"boot sector" * 10)
+        f.seek(MB + 100)
+        f.write(os.urandom(70000))  # crosses a 64 KiB chunk boundary
+        f.seek(size - 5)
+        f.write(b"tail!")
+    return path.read_bytes()
+
+
+def test_convert_raw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "src.img"
+    data = _sparse_source(src)
+    dst = tmp_path / "dst.img"
+    assert run(capsys, "create", "-i", str(src), str(dst)) == (
+        0, "", "vmctl: destination size rounded to 4 megabytes\nvmctl: raw imagefile created\n")
+    out = dst.read_bytes()
+    assert len(out) == 4 * MB
+    assert out[: len(data)] == data and out[len(data):] == bytes(4 * MB - len(data))
+    # only the chunks holding data were written: 1 + 2 + 1 chunks of 64 KiB
+    assert dst.stat().st_blocks * 512 <= 4 * 64 * 1024
+
+
+def test_convert_with_size(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "src.img"
+    data = _sparse_source(src)
+    dst = tmp_path / "big.img"
+    assert run(capsys, "create", "-i", str(src), "-s", "1G", str(dst)) == (
+        0, "", "vmctl: raw imagefile created\n")
+    assert dst.stat().st_size == 1024 * MB
+    with open(dst, "rb") as f:
+        assert f.read(len(data)) == data
+    assert run(capsys, "create", "-i", str(src), "-s", "2M", str(tmp_path / "small.img")) == (
+        1, "", "vmctl: size cannot be smaller than input disk size\n")
+    assert not (tmp_path / "small.img").exists()
+
+
+def test_convert_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "create", "-i", str(tmp_path / "missing"), str(tmp_path / "o")) == (
+        1, "", "vmctl: failed to open source image file\n")
+    src = tmp_path / "s"
+    src.write_bytes(b"x" * 10)
+    existing = tmp_path / "exists"
+    existing.write_bytes(b"keep")
+    assert run(capsys, "create", "-i", str(src), str(existing)) == (
+        1, "", "vmctl: failed to create destination image file\n")
+    assert existing.read_bytes() == b"keep"
+
+
+def test_convert_empty_and_hole_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "holes"
+    with open(src, "wb") as f:
+        f.truncate(2 * MB)
+    dst = tmp_path / "h2"
+    assert run(capsys, "create", "-i", str(src), str(dst)) == (0, "", "vmctl: raw imagefile created\n")
+    assert dst.stat().st_size == 2 * MB and dst.stat().st_blocks == 0
+
+
+def test_disktype() -> None:
+    assert parse_disktype("qcow2:/x/y.img") == ("qcow2", "/x/y.img")
+    assert parse_disktype("raw:/x/y.qcow2") == ("raw", "/x/y.qcow2")
+    assert parse_disktype("/nonexistent/a.QCOW2") == ("qcow2", "/nonexistent/a.QCOW2")
+    assert parse_disktype("/nonexistent/a.raw") == ("raw", "/nonexistent/a.raw")
+    assert parse_disktype("/nonexistent/a.") == ("raw", "/nonexistent/a.")
+    assert parse_disktype("/nonexistent/a") == ("raw", "/nonexistent/a")
+    assert detect_format("/nonexistent/a") == (None, "/nonexistent/a")
+    assert detect_format("/nonexistent/a.raw") == ("raw", "/nonexistent/a.raw")
+
+
+def test_disktype_magic(tmp_path: Path) -> None:
+    f = tmp_path / "img"
+    f.write_bytes(b"QFI\xfb\x00\x00\x00\x03")
+    assert parse_disktype(str(f)) == ("qcow2", str(f))
+    assert detect_format(str(f)) == ("qcow2", str(f))
