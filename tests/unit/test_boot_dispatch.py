@@ -148,3 +148,11 @@ def test_fuzz_random_input_only_boot_error(tmp_path: Path, mem: GuestMemory, dat
             assert str(error).startswith(path + ": ")
         else:
             assert plan.cpu is not None and plan.e820
+
+
+def test_file_larger_than_memory_is_not_read(tmp_path: Path, mem: GuestMemory) -> None:
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as handle:
+        handle.truncate(65 * MiB)
+    with pytest.raises(BootError, match="file too large"):
+        load_kernel(str(path), mem, BootOptions())

@@ -15,7 +15,7 @@ import stat
 import struct
 import zlib
 
-from vmd.boot.bios import load_bios
+from vmd.boot.bios import BIOS_MAX_SIZE, load_bios
 from vmd.boot.elf import (
     find_multiboot_header,
     is_elf,
@@ -67,15 +67,21 @@ def read_image(path: str, limit: int) -> tuple[bytes, bool]:
             info = os.fstat(handle.fileno())
             if stat.S_ISDIR(info.st_mode):
                 raise BadImage("is a directory")
-            data = handle.read(MAX_IMAGE + 1)
+            # Nothing larger than guest memory can be loaded (a BIOS image may be up to 4 MiB + 1 to be
+            # refused with vmd's own message); do not read a disk image given by mistake into memory.
+            cap = min(MAX_IMAGE, max(limit, BIOS_MAX_SIZE + 1))
+            if stat.S_ISREG(info.st_mode) and info.st_size > cap:
+                raise BadImage(f"file too large ({info.st_size >> 20} MiB) for {limit >> 20} MiB"
+                               " of guest memory")
+            data = handle.read(cap + 1)
     except IsADirectoryError:
         raise BadImage("is a directory") from None
     except OSError as error:
         raise BadImage(error.strerror or str(error)) from None
     if not data:
         raise BadImage("empty file")
-    if len(data) > MAX_IMAGE:
-        raise BadImage("file too large")
+    if len(data) > cap:
+        raise BadImage(f"file too large for {limit >> 20} MiB of guest memory")
     if data[:2] == GZIP_MAGIC:
         try:
             return _gunzip(data, limit), True
