@@ -49,6 +49,13 @@ GUESTS: dict[str, dict] = {
                            src=LIB32 + ["lib/mbstart.S", "src/multiboot.c"]),
     "demo": dict(kind="elf", arch=32, ld="flat32.ld", out="demo.elf",
                  src=LIB32 + ["lib/mbstart.S", "src/demo.c"]),
+    "openbsd64": dict(kind="elf", arch=64, ld="elf64.ld", out="openbsd64.elf",
+                      src=LIB64 + ["lib/start64.S", "src/openbsd64_start.S", "src/openbsd.c"]),
+    "openbsd32": dict(kind="elf", arch=32, ld="flat32.ld", out="openbsd32.elf",
+                      src=LIB32 + ["src/openbsd32_start.S", "src/openbsd.c"]),
+    # test tool, not a guest: loads openbsd64/openbsd32 the vmd way under QEMU -kernel
+    "obsdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="obsdshim.elf",
+                     src=LIB32 + ["lib/mbstart.S", "src/obsdshim_enter.S", "src/obsdshim.c"]),
 }
 
 
