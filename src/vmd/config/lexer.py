@@ -280,7 +280,9 @@ class Lexer:
         return Token(CHAR, c, name, line)
 
     def _eof(self) -> Token:
-        return Token(EOF, "", self.filename, self.token_line)
+        # the line of the fake newline, not the one after it
+        line = self.source.line - 1 if self.source.eof_reached else self.token_line
+        return Token(EOF, "", self.filename, max(line, 1))
 
     def _quoted(self, quote: str, name: str, line: int) -> Token:
         chars: list[str] = []

@@ -477,7 +477,9 @@ class Parser:
         tok = self.advance()
         g = self.config.globals
         if tok.value == "local":
-            nxt = self.advance()
+            nxt = self.peek()
+            if nxt.kind == lx.KEYWORD:
+                self.advance()
             if nxt.is_keyword("inet6"):
                 if self.peek().is_keyword("prefix"):
                     self.advance()
@@ -534,14 +536,15 @@ class Parser:
 
     def owner_id(self) -> OwnerSpec | None:
         """parse.y `owner_id`: uid | user | user:group | :group. None after an error."""
-        tok = self.advance()
+        tok = self.peek()
+        if tok.kind not in (lx.NUMBER, lx.STRING):
+            self.fail(tok)
+        self.advance()
         if tok.kind == lx.NUMBER:
             if not 0 <= tok.number <= UID_MAX:
                 self.error(tok, f"invalid user id: {tok.number}")
                 return None
             return OwnerSpec(uid=tok.number)
-        if tok.kind != lx.STRING:
-            self.fail(tok)
         user, sep, group = tok.value.partition(":")
         owner = OwnerSpec()
         if user:
@@ -693,10 +696,10 @@ class Parser:
         elif word == "boot":
             if self.peek().is_keyword("device"):
                 self.advance()
-                dev = self.advance()
+                dev = self.peek()
                 if dev.kind != lx.KEYWORD or dev.value not in BOOT_DEVICES:
                     self.fail(dev)
-                vm.boot_device = dev.value
+                vm.boot_device = self.advance().value
                 return
             path = self.string()
             if vm.kernel is not None:
@@ -898,7 +901,10 @@ class Parser:
 
     def instance_flag(self, allow: AllowInstance) -> None:
         """parse.y instance_flags: boot, memory, interface, disk, cdrom, instance, owner ID; ours: vcpus."""
-        tok = self.advance()
+        tok = self.peek()
+        if tok.kind not in (lx.KEYWORD, lx.STRING):
+            self.fail(tok)
+        self.advance()
         if tok.kind == lx.KEYWORD and tok.value in INSTANCE_FLAGS:
             setattr(allow, tok.value, True)
         elif tok.is_keyword("owner"):
