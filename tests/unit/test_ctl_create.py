@@ -208,3 +208,25 @@ def test_convert_qcow2_needs_disk_layer(capsys: pytest.CaptureFixture[str], tmp_
     src.write_bytes(b"x")
     assert run(capsys, "create", "-i", str(src), str(tmp_path / "o.qcow2")) == (
         1, "", "vmctl: qcow2 images are not supported yet\n")
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from vmd.ctl.create import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet = io.StringIO()
+    p = Progress("x.img", 100, quiet)
+    p.update(50, force=True)
+    p.finish()
+    assert quiet.getvalue() == ""
+    tty = Tty()
+    p = Progress("x.img", 100, tty)
+    p.update(50, force=True)
+    assert tty.getvalue().startswith("\rx.img [") and tty.getvalue().endswith("]  50%")
+    p.finish()
+    assert tty.getvalue().endswith("] 100%\n")

@@ -670,7 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not rest:
             raise Usage(None)
         cmd = find_command(rest[0])
-        return cmd.func(ctx, cmd, rest[1:])
+        rc = cmd.func(ctx, cmd, rest[1:])
+        sys.stdout.flush()  # here, so that a closed pipe (vmctl status | head -1) is caught below
+        return rc
     except Usage as u:
         errput(usage_text(u.command))
         return EXIT_FAILURE
@@ -681,6 +683,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         errput("\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        try:  # nothing more can be written; keep the interpreter's final flush quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
         return EXIT_FAILURE
     except Exception as e:  # no traceback unless -v (DESIGN.md 4)
         if ctx.verbose > 1:
