@@ -511,3 +511,8 @@ def test_unterminated_block() -> None:
 
 def test_block_must_end_its_line() -> None:
     assert errors('vm "a" { boot /k } vm "b" { boot /k }\n') == ["vm.conf:1: syntax error"]
+
+
+def test_include_of_a_non_regular_file() -> None:
+    assert errors('include "/dev/zero"\n') == ["vm.conf:1: failed to include file /dev/zero"]
+    assert errors('include "/"\n') == ["vm.conf:1: failed to include file /"]

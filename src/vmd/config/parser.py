@@ -62,6 +62,7 @@ import ipaddress
 import os
 import pwd
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
@@ -378,6 +379,8 @@ class Parser:
     def _read(self, path: str, tok: Token | None) -> str | None:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # not /dev/zero, a fifo, a directory
+                    raise IsADirectoryError(errno.EINVAL, "not a regular file")
                 return f.read()
         except OSError as exc:
             if tok is None:

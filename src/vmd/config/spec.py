@@ -191,7 +191,8 @@ class GlobalSpec:
     """The global settings of vm.conf(5).
 
     local_prefix6 None with local_inet6 True: make a random ULA prefix at start (auto_inet6_prefix()).
-    socket_owner None: the daemon's default (root, group root on Linux where OpenBSD says root:wheel).
+    socket_owner None: the daemon's default (root, group root on Linux where OpenBSD says root:wheel); a
+    socket_owner without a group means group 0, as parse.y stores gid -1 as 0 there.
     staggered_start records whether the statement was given; parallel/delay hold the values in effect."""
 
     local_prefix: ipaddress.IPv4Network = DEFAULT_LOCAL_PREFIX
