@@ -53,6 +53,8 @@ GUESTS: dict[str, dict] = {
                       src=LIB64 + ["lib/start64.S", "src/openbsd64_start.S", "src/openbsd.c"]),
     "openbsd32": dict(kind="elf", arch=32, ld="flat32.ld", out="openbsd32.elf",
                       src=LIB32 + ["src/openbsd32_start.S", "src/openbsd.c"]),
+    "pvh": dict(kind="elf", arch=32, ld="pvh.ld", out="pvh.elf",
+                src=LIB32 + ["src/pvh_start.S", "src/pvh.c"]),
     # test tool, not a guest: loads openbsd64/openbsd32 the vmd way under QEMU -kernel
     "obsdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="obsdshim.elf",
                      src=LIB32 + ["lib/mbstart.S", "src/obsdshim_enter.S", "src/obsdshim.c"]),
