@@ -92,6 +92,28 @@ class KvmIrqLine:
             self._vm.irq_line(self._gsi, 1 if level else 0)
 
 
+def pc_irq_routing() -> list[k.kvm_irq_routing_entry]:
+    """ISA IRQs 0-15 to the PIC pair; GSIs 0-23 to the I/O APIC, with IRQ 0 on pin 2 as on a PC
+    (MP spec 1.4, 5.3: the timer is wired to I/O APIC input 2; the MP table says the same)."""
+    routes: list[tuple[int, int, int]] = []
+    for gsi in range(16):
+        if gsi != 2:
+            chip = k.KVM_IRQCHIP_PIC_MASTER if gsi < 8 else k.KVM_IRQCHIP_PIC_SLAVE
+            routes.append((gsi, chip, gsi % 8))
+    for gsi in range(24):
+        if gsi == 0:
+            routes.append((0, k.KVM_IRQCHIP_IOAPIC, 2))
+        elif gsi != 2:
+            routes.append((gsi, k.KVM_IRQCHIP_IOAPIC, gsi))
+    entries = []
+    for gsi, chip, pin in routes:
+        entry = k.kvm_irq_routing_entry(gsi=gsi, type=k.KVM_IRQ_ROUTING_IRQCHIP)
+        entry.u.irqchip.irqchip = chip
+        entry.u.irqchip.pin = pin
+        entries.append(entry)
+    return entries
+
+
 def _segment(target: k.kvm_segment, source: Segment) -> None:
     target.base = source.base
     target.limit = source.limit
@@ -163,6 +185,7 @@ class Machine:
         self.vm.set_identity_map_address()
         self.vm.set_tss_address()
         self.vm.create_irqchip()
+        self.vm.set_gsi_routing(pc_irq_routing())
         self.vm.create_pit2()
         self.memory = GuestMemory(spec.memory, f"vm/{spec.name}")
         for region in self.memory.ram_regions():
@@ -236,12 +259,11 @@ class Machine:
     def _set_lapic_lines(self, vcpu: Vcpu) -> None:
         """LINT0 as ExtINT and LINT1 as NMI, as a PC BIOS leaves them (MP spec 1.4, 3.6.2.2 virtual wire)."""
         state = vcpu.get_lapic()
-        raw = bytearray(state.regs)
+        raw = memoryview(state.regs).cast("B")
         for offset, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
             value = int.from_bytes(raw[offset : offset + 4], "little")
             value = (value & ~0x1_0700) | mode  # unmask, set delivery mode
             raw[offset : offset + 4] = value.to_bytes(4, "little")
-        state.regs = bytes(raw)
         vcpu.set_lapic(state)
 
     def _set_boot_state(self, vcpu: Vcpu, cpu: CpuState) -> None:

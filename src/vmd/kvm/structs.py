@@ -181,7 +181,7 @@ def make_irq_routing(entries: list[kvm_irq_routing_entry]) -> ctypes.Structure:
 
 
 class kvm_lapic_state(ctypes.Structure):  # api.rst 4.57
-    _fields_ = [("regs", ctypes.c_char * 1024)]
+    _fields_ = [("regs", u8 * 1024)]
 
 
 class kvm_mp_state(ctypes.Structure):

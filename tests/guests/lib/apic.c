@@ -27,6 +27,8 @@ uint32_t lapic_id(void) { return lapic_read(0x20) >> 24; }
 
 void lapic_virtual_wire(void)
 {
+    /* LVT mask bits stay set while the APIC is software-disabled (SDM vol. 3, 11.4.7.2): enable it first. */
+    lapic_write(0xF0, 0x1FF);        /* SVR: APIC software-enabled, spurious vector 0xFF */
     lapic_write(0x350, 0x700);       /* LVT LINT0: ExtINT, unmasked */
     lapic_write(0x360, 0x400);       /* LVT LINT1: NMI */
 }
