@@ -1,0 +1,119 @@
+"""vm.conf for the daemon: parse it, and turn its vm blocks into the registry's VM definitions."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from vmd.config.instance import InstanceError, make_instance
+from vmd.config.parser import parse_config
+from vmd.config.spec import DiskSpec, InterfaceSpec, OwnerSpec, VmSpec
+from vmd.daemon.core import ConfigError, Settings
+from vmd.daemon.permissions import Owner, Peer
+from vmd.daemon.registry import VmDefinition
+
+
+def parse_macros(values: Iterable[str]) -> dict[str, str]:
+    """`-D name=value` macros."""
+    macros: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise ValueError(f"could not parse macro definition {value}")
+        if any(ch.isspace() for ch in name):
+            raise ValueError("macro name cannot contain whitespace")
+        macros[name] = text
+    return macros
+
+
+def _missing_is_fine(path: str, explicit: bool) -> bool:
+    """vmd: a missing /etc/vm.conf is not an error; neither is a missing file named with -f or load (ENOENT)."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ENOENT
+    return False
+
+
+def check_config(path: str, macros: dict[str, str], explicit: bool) -> tuple[list[str], list[str]]:
+    """vmd -n: every error, and the warnings."""
+    if _missing_is_fine(path, explicit):
+        return [], []
+    result = parse_config(path, macros)
+    return result.errors, result.warnings
+
+
+def owner_from_spec(owner: OwnerSpec) -> Owner:
+    return Owner(owner.uid, owner.gid)
+
+
+def definition_from_spec(spec: VmSpec) -> VmDefinition:
+    switches = [i.switch for i in spec.interfaces if i.switch and not i.local]
+    local = sum(1 for i in spec.interfaces if i.local)
+    plain = max(0, (spec.nnics if hasattr(spec, "nnics") else len(spec.interfaces)) - len(switches) - local)
+    return VmDefinition(
+        name=spec.name,
+        memory=spec.memory,
+        kernel=spec.kernel,
+        initrd=spec.initrd,
+        append=spec.append or "",
+        vcpus=spec.vcpus or 1,
+        cpu=spec.cpu,
+        boot_device=spec.boot_device,
+        cdrom=spec.cdrom,
+        disks=[{"path": d.path, "format": d.format} for d in spec.disks],
+        nics=plain,
+        switches=switches,
+        local_nics=local,
+        owner=owner_from_spec(spec.owner),
+        enabled=spec.enabled,
+        config=spec,
+    )
+
+
+def load_definitions(path: str, macros: dict[str, str], explicit: bool) -> tuple[list[VmDefinition], Settings]:
+    if _missing_is_fine(path, explicit):
+        return [], Settings()
+    result = parse_config(path, macros)
+    if result.errors or result.config is None:
+        raise ConfigError(result.errors or [f"{path}: invalid configuration"])
+    config = result.config
+    settings = Settings(
+        socket_group=(config.globals.socket_owner.gid or 0) if config.globals.socket_owner else 0,
+        stagger_parallel=config.globals.parallel,
+        stagger_delay=float(config.globals.delay),
+    )
+    return [definition_from_spec(vm) for vm in config.vms], settings
+
+
+def instance_definition(parent: VmDefinition, name: str, overrides: dict[str, Any], peer: Peer) -> VmDefinition:
+    """vmctl start -t parent name: the instance, if the parent's `allow instance` lets peer make it."""
+    if parent.config is None:
+        raise ValueError(f'vm "{parent.name}" cannot be used as a template')
+    request = VmSpec(name=name)
+    request.memory = overrides.get("memory")
+    request.kernel = overrides.get("kernel")
+    request.initrd = overrides.get("initrd")
+    request.append = overrides.get("append")
+    request.vcpus = overrides.get("vcpus")
+    request.cpu = overrides.get("cpu")
+    request.cdrom = overrides.get("cdrom")
+    request.boot_device = overrides.get("boot_device")
+    request.disks = [DiskSpec(d["path"], d.get("format") or "raw") for d in overrides.get("disks", [])]
+    interfaces = [InterfaceSpec(switch=s) for s in overrides.get("switches", [])]
+    interfaces += [InterfaceSpec(local=True) for _ in range(int(overrides.get("local_nics", 0)))]
+    interfaces += [InterfaceSpec() for _ in range(int(overrides.get("nics", 0)))]
+    request.interfaces = interfaces
+    try:
+        spec = make_instance(parent.config, name, request, peer.uid, peer.groups)
+    except InstanceError as error:
+        message = str(error)
+        if "permission" in message or "mismatch" in message or "cannot change" in message:
+            raise PermissionError(message) from None
+        raise ValueError(message) from None
+    definition = definition_from_spec(spec)
+    if definition.owner.uid is None and definition.owner.gid is None:
+        definition.owner = Owner(peer.uid, None)
+    return definition
