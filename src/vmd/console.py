@@ -12,6 +12,7 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from typing import Any
 
 MODES = ("stdio", "pty")
 
@@ -32,7 +33,7 @@ class Console:
         self.mode = mode
         self.path: str | None = None
         self._feed: Callable[[bytes], None] | None = None
-        self._saved_termios: list | None = None  # type: ignore[type-arg]
+        self._saved_termios: list[Any] | None = None
         self._lock = threading.Lock()
         self._closed = False
         if master_fd is not None:

@@ -209,14 +209,15 @@ class Machine:
         above = self.memory.high_ram_end - FOUR_GIB if self.memory.high_ram_end else 0
         self.rtc = Rtc(KvmIrqLine(self.vm, RTC_IRQ), self.scheduler, below, above, spec.vcpus)
         self.pio.add_pio(RTC_PORT, 2, self.rtc)
-        self.i8042 = I8042(on_reset=lambda: self.finish(Outcome("reboot", message="reset by the keyboard controller")))
+        self.i8042 = I8042(on_reset=lambda: self.finish(Outcome("reboot", message="reset by the i8042")))
         self.pio.add(0x60, 1, self.i8042.data_read, self.i8042.data_write)
         self.pio.add(0x64, 1, self.i8042.status_read, self.i8042.command_write)
         self.pio.add_pio(DEBUG_EXIT_PORT, 1, DebugExit(on_exit=self._debug_exit))
         sink = PortSink()
         self.pio.add_pio(0x80, 1, sink)
         self.pio.add_pio(0xED, 1, sink)
-        self.pci = PciBus(PciHostBridge(), on_reset=lambda: self.finish(Outcome("reboot", message="reset through port 0xcf9")))
+        self.pci = PciBus(PciHostBridge(),
+                          on_reset=lambda: self.finish(Outcome("reboot", message="reset through port 0xcf9")))
         self.pio.add_pio(PCI_CONFIG_PORT, 8, self.pci)
         self.fw_cfg = FwCfg(self.memory)
         self._fill_fw_cfg()

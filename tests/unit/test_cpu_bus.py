@@ -59,7 +59,8 @@ def test_unknown_template_is_refused() -> None:
 def test_bus_dispatches_by_range_and_unclaimed_reads_all_ones() -> None:
     bus = Bus("pio")
     seen: list[tuple[int, int, int]] = []
-    bus.add(0x3F8, 8, lambda offset, size: 0x40 + offset, lambda offset, size, value: seen.append((offset, size, value)))
+    bus.add(0x3F8, 8, lambda offset, size: 0x40 + offset,
+            lambda offset, size, value: seen.append((offset, size, value)))
     assert bus.read(0x3FD, 1) == 0x45
     bus.write(0x3F8, 1, ord("A"))
     assert seen == [(0, 1, ord("A"))]

@@ -377,13 +377,13 @@ class Daemon:
         process.sock.setblocking(False)
         while True:
             try:
-                message = process.read_event()
+                event = process.read_event()
             except BlockingIOError:
                 break
-            if message is None:
+            if event is None:
                 break
-            if message.get("event") == "exit":
-                process.outcome = message
+            if event.get("event") == "exit":
+                process.outcome = event
         code = process.reap()
         entry.process = None
         if entry.stop_timer is not None:

@@ -71,7 +71,8 @@ def socket_in_use(path: str) -> bool:
 
 def daemon_main(argv: Sequence[str]) -> int:
     from vmd.daemon.conf import check_config, load_definitions, parse_macros
-    from vmd.daemon.core import ConfigError, Daemon
+    from vmd.daemon.core import ConfigError, Daemon, Settings
+    from vmd.daemon.registry import VmDefinition
 
     args = _parser().parse_args(list(argv))
     if args.help:
@@ -102,11 +103,11 @@ def daemon_main(argv: Sequence[str]) -> int:
         os.unlink(socket_path)
     _setup_logging(args.foreground, args.verbose)
 
-    def load(path: str) -> tuple[list, object]:  # type: ignore[type-arg]
+    def load(path: str) -> tuple[list[VmDefinition], Settings]:
         return load_definitions(path, macros, explicit=path != DEFAULT_CONFIG or args.config is not None)
 
     try:
-        daemon = Daemon(socket_path, config_path, load, verbose=args.verbose)  # type: ignore[arg-type]
+        daemon = Daemon(socket_path, config_path, load, verbose=args.verbose)
     except OSError as error:
         print(f"vmd: {socket_path}: {error.strerror}", file=sys.stderr)
         return 1

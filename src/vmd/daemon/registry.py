@@ -12,7 +12,8 @@ from vmd.daemon.supervisor import Terminal, VmProcess
 DEFAULT_MEMORY = 512 * 1024 * 1024  # VM_DEFAULT_MEMORY
 
 # vmctl status states (vmctl.c vm_state)
-RUNNING, STOPPED, STOPPING, PAUSED, WAITING, STARTING = "running", "stopped", "stopping", "paused", "waiting", "starting"
+RUNNING, STOPPED, STOPPING = "running", "stopped", "stopping"
+PAUSED, WAITING, STARTING = "paused", "waiting", "starting"
 
 
 @dataclass

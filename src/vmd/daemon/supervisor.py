@@ -75,7 +75,7 @@ class VmProcess:
     pid: int
     pidfd: int
     sock: socket.socket
-    popen: subprocess.Popen  # type: ignore[type-arg]
+    popen: subprocess.Popen[bytes]
     outcome: dict[str, Any] = field(default_factory=dict)
     running: bool = False
 

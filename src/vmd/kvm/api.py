@@ -78,8 +78,8 @@ class Kvm:
                     count *= 2
                     continue
                 raise _fail("KVM_GET_SUPPORTED_CPUID", error) from None
-            entries = buffer.entries  # type: ignore[attr-defined]
-            return [k.kvm_cpuid_entry2.from_buffer_copy(entries[i]) for i in range(buffer.nent)]  # type: ignore[attr-defined]
+            entries = buffer.entries
+            return [k.kvm_cpuid_entry2.from_buffer_copy(entries[i]) for i in range(buffer.nent)]
 
     def create_vm(self) -> Vm:
         try:
@@ -202,7 +202,7 @@ class Vcpu:
     def set_cpuid(self, entries: list[k.kvm_cpuid_entry2]) -> None:
         buffer = k.make_cpuid2(len(entries))
         for i, entry in enumerate(entries):
-            buffer.entries[i] = entry  # type: ignore[attr-defined]
+            buffer.entries[i] = entry
         ioctl_buffer(self.fd, k.KVM_SET_CPUID2, buffer, "KVM_SET_CPUID2")
 
     def get_lapic(self) -> k.kvm_lapic_state:
