@@ -55,10 +55,41 @@ GUESTS: dict[str, dict] = {
                       src=LIB32 + ["src/openbsd32_start.S", "src/openbsd.c"]),
     "pvh": dict(kind="elf", arch=32, ld="pvh.ld", out="pvh.elf",
                 src=LIB32 + ["src/pvh_start.S", "src/pvh.c"]),
-    # test tool, not a guest: loads openbsd64/openbsd32 the vmd way under QEMU -kernel
-    "obsdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="obsdshim.elf",
-                     src=LIB32 + ["lib/mbstart.S", "src/obsdshim_enter.S", "src/obsdshim.c"]),
+    "bzimage": dict(kind="custom", arch=64, ld="bzimage.ld", out="bzimage.bzImage",
+                    src=LIB64 + ["lib/start64.S", "src/bzimage_start.S", "src/bzimage.c"],
+                    setup_src="src/bzimage_setup.S", extra_inputs=["src/bzimage_setup.S"],
+                    builder="_build_bzimage"),
+    # test tool, not a guest: under QEMU -kernel, loads openbsd64/openbsd32 or the
+    # bzImage (64-bit entry) the way vmd does, so those entry paths can be checked
+    "vmdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="vmdshim.elf",
+                    src=LIB32 + ["lib/mbstart.S", "src/vmdshim_enter.S", "src/vmdshim.c"]),
 }
+
+
+def _build_bzimage(name: str, recipe: dict, objs: list[Path], objdir: Path, out: Path) -> None:
+    """Real-mode setup (boot sector + 2 setup sectors, with the setup header)
+    followed by the protected-mode part; syssize and init_size patched in."""
+    pm_elf = objdir / "pm.elf"
+    _link(recipe, objs, pm_elf)
+    pm_bin = objdir / "pm.bin"
+    _run(["objcopy", "-O", "binary", str(pm_elf), str(pm_bin)])
+    setup_obj = objdir / "setup.o"
+    _run(["gcc", "-m32", "-c", str(HERE / recipe["setup_src"]), "-o", str(setup_obj)])
+    setup_elf = objdir / "setup.elf"
+    _run(["ld", "-m", "elf_i386", *LDFLAGS, "-T", str(HERE / "ld" / "bzsetup.ld"),
+          "-o", str(setup_elf), str(setup_obj)])
+    setup_bin = objdir / "setup.bin"
+    _run(["objcopy", "-O", "binary", "-j", ".text", str(setup_elf), str(setup_bin)])
+    setup = bytearray(setup_bin.read_bytes())
+    pm = pm_bin.read_bytes()
+    if len(setup) != 512 * (1 + setup[0x1F1]) or setup[0x202:0x206] != b"HdrS":
+        raise RuntimeError(f"bzimage setup is {len(setup)} bytes / bad header")
+    # memory the protected-mode part needs, bss included: from the ELF's _end
+    syms = subprocess.run(["nm", str(pm_elf)], stdout=subprocess.PIPE, text=True, check=True).stdout
+    end = next(int(l.split()[0], 16) for l in syms.splitlines() if l.endswith(" _end"))
+    struct.pack_into("<I", setup, 0x1F4, (len(pm) + 15) // 16)
+    struct.pack_into("<I", setup, 0x260, (end - 0x100000 + 0xFFF) & ~0xFFF)
+    out.write_bytes(bytes(setup) + pm)
 
 
 def fnv1a32(data: bytes) -> int:
@@ -122,7 +153,7 @@ def _build_one(name: str, recipe: dict, outdir: Path) -> Path:
         _link(recipe, objs, elf)
         _run(["objcopy", "-O", "binary", str(elf), str(out)])
     else:
-        recipe["builder"](name, recipe, objs, objdir, out)
+        globals()[recipe["builder"]](name, recipe, objs, objdir, out)
     return out
 
 

@@ -64,6 +64,7 @@ gdt64_ptr:
 
     .bss
     .p2align 12
+    .globl pml4_64, pdpt64, pd64
 pml4_64: .skip 4096
 pdpt64:  .skip 4096
 pd64:    .skip 4 * 4096

@@ -1,7 +1,8 @@
-/* shim_enter(entry, mode): leave the multiboot world the way vmd enters an
+/* shim_enter(entry, mode, esi): leave the multiboot world the way vmd enters an
  * OpenBSD kernel. mode 32: paging off, 32-bit flat (i386). mode 64: long mode
  * with the page tables at 0x11000 and CS 0x08 (32-bit, compatibility mode) as
- * OpenBSD's vmd does; mode 65: same but CS 0x18 (64-bit code).
+ * OpenBSD's vmd does; mode 65: same but CS 0x18 (64-bit code). ESI is passed
+ * through (boot_params for a bzImage).
  * The GDT at 0x10000, the boot stack at 0xFFDC and the args at 0x2000 are
  * prepared by the C part. */
     .text
@@ -10,6 +11,8 @@
 shim_enter:
     mov 4(%esp), %esi               /* entry */
     mov 8(%esp), %edi               /* mode */
+    mov 12(%esp), %eax
+    mov %eax, pass_esi
     mov %esi, far_target
     lgdt gdt_at_10000
     ljmp $0x08, $1f
@@ -41,6 +44,7 @@ shim_enter:
     xor %ebx, %ebx
     xor %ebp, %ebp
     xor %edi, %edi
+    mov pass_esi, %esi
     ljmp *far_target
 3:  xor %eax, %eax
     xor %ecx, %ecx
@@ -52,6 +56,8 @@ shim_enter:
 
     .data
     .p2align 2
+pass_esi:
+    .long 0
 far_target:
     .long 0
     .word 0x18
