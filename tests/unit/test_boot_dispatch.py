@@ -84,8 +84,13 @@ def test_gzip_bomb(tmp_path: Path) -> None:
         small.close()
 
 
+# JMP F000:E05B and padding: the last 16 bytes of SeaBIOS
+RESET_VECTOR = bytes.fromhex("ea5be000f030362f32332f393900fc00")
+
+
 def test_bios_image(tmp_path: Path, mem: GuestMemory) -> None:
-    image = bytes(range(256)) * 1024 + b"tail" * 1000  # 260000 bytes, not a page multiple
+    # not a page multiple, ending with a far jump at the reset vector as SeaBIOS does
+    image = bytes(range(256)) * 1024 + b"tail" * 996 + RESET_VECTOR
     plan = load_kernel(write(tmp_path, image), mem, BootOptions())
     assert plan.kind == "bios" and not plan.needs_mptable
     assert plan.cpu == CpuState.reset_vector()
@@ -99,9 +104,16 @@ def test_bios_sizes(tmp_path: Path, mem: GuestMemory) -> None:
         load_kernel(write(tmp_path, b"x" * 14), mem, BootOptions())
     with pytest.raises(BootError, match=r"bios image too large \(> 4 MiB\)$"):
         load_kernel(write(tmp_path, b"x" * (4 * MiB + 1)), mem, BootOptions())
-    plan = load_kernel(write(tmp_path, b"y" * 15), mem, BootOptions())
+    plan = load_kernel(write(tmp_path, RESET_VECTOR[:15]), mem, BootOptions())
     assert plan.firmware is not None and len(plan.firmware) == 4096
-    assert mem.read(0x100000 - 15, 15) == b"y" * 15
+    assert mem.read(0x100000 - 15, 15) == RESET_VECTOR[:15]
+
+
+def test_bios_without_a_reset_vector_jump_is_not_a_firmware(tmp_path: Path, mem: GuestMemory) -> None:
+    with pytest.raises(BootError, match=r"not an ELF kernel, bzImage or BIOS image"):
+        load_kernel(write(tmp_path, b"y" * 4096), mem, BootOptions())
+    plan = load_kernel(write(tmp_path, b"\x90" * 100 + b"\x90\x90\xe9\x00\x10" + bytes(11)), mem, BootOptions())
+    assert plan.kind == "bios"
 
 
 def test_bios_with_initrd_is_an_error(tmp_path: Path, mem: GuestMemory) -> None:

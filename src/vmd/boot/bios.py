@@ -37,6 +37,20 @@ def boot_order_files(options: BootOptions) -> dict[str, bytes]:
     return {}
 
 
+# Opcodes a firmware puts at its reset vector, 16 bytes before its end (SDM vol. 3, 9.1.4): far, near
+# and short JMP; NOPs may come first (OVMF's vector starts with two).
+_JUMPS = (0xEA, 0xE9, 0xEB)
+_NOP = 0x90
+
+
+def has_reset_vector(data: bytes) -> bool:
+    """Does the image start execution with a jump at the reset vector, as every PC firmware does?"""
+    for byte in data[-16:]:
+        if byte != _NOP:
+            return byte in _JUMPS
+    return False
+
+
 def load_bios(data: bytes, mem: GuestMemory, options: BootOptions) -> BootPlan:
     """A raw BIOS image: BootPlan.firmware is the image padded at the front to whole pages, so the
     machine can map it to end exactly at 4 GiB; the last bytes are also copied to end at 1 MiB."""
@@ -44,6 +58,8 @@ def load_bios(data: bytes, mem: GuestMemory, options: BootOptions) -> BootPlan:
         raise BadImage("bios image too small")
     if len(data) > BIOS_MAX_SIZE:
         raise BadImage("bios image too large (> 4 MiB)")
+    if not has_reset_vector(data):
+        raise BadImage("not an ELF kernel, bzImage or BIOS image (no jump at the reset vector)")
     low_copy = min(LOW_COPY_MAX, len(data))
     mem.write(HIGH_MEMORY_START - low_copy, data[-low_copy:])
     padded = bytes(align_up(len(data), PAGE_SIZE) - len(data)) + data
