@@ -61,6 +61,10 @@ GUESTS: dict[str, dict] = {
                     src=LIB64 + ["lib/start64.S", "src/bzimage_start.S", "src/bzimage.c"],
                     setup_src="src/bzimage_setup.S", extra_inputs=["src/bzimage_setup.S"],
                     builder="_build_bzimage"),
+    "biosboot": dict(kind="custom", arch=16, ld="rom16.ld", out="biosboot.rom",
+                     src=["lib/printf.c", "lib/string.c", "lib/check.c", "lib/memmap.c", "lib/div64.c",
+                          "src/biosboot_head.S", "src/biosboot.c"],
+                     builder="_build_rom"),
     # test tool, not a guest: under QEMU -kernel, loads openbsd64/openbsd32 or the
     # bzImage (64-bit entry) the way vmd does, so those entry paths can be checked
     "vmdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="vmdshim.elf",
@@ -92,6 +96,28 @@ def _build_bzimage(name: str, recipe: dict, objs: list[Path], objdir: Path, out:
     struct.pack_into("<I", setup, 0x1F4, (len(pm) + 15) // 16)
     struct.pack_into("<I", setup, 0x260, (end - 0x100000 + 0xFFF) & ~0xFFF)
     out.write_bytes(bytes(setup) + pm)
+
+
+def _build_rom(name: str, recipe: dict, objs: list[Path], objdir: Path, out: Path) -> None:
+    """Option ROM: link, flatten, then fill the size byte, the PnP header
+    checksum and the last byte so that all bytes sum to 0 (mod 256)."""
+    elf = objdir / (name + ".elf")
+    _link(recipe, objs, elf)
+    raw = objdir / (name + ".raw")
+    _run(["objcopy", "-O", "binary", "-j", ".text", "-j", ".rodata", "-j", ".data", str(elf), str(raw)])
+    rom = bytearray(raw.read_bytes())
+    rom += bytes(-(len(rom) + 1) % 512 + 1)     # room for the checksum byte, 512-byte multiple
+    if len(rom) > 0x10000:
+        raise RuntimeError("option ROM larger than 64 KiB")
+    rom[2] = len(rom) // 512
+    pnp = struct.unpack_from("<H", rom, 0x1A)[0]
+    if rom[pnp:pnp + 4] != b"$PnP":
+        raise RuntimeError("no $PnP header")
+    rom[pnp + 9] = 0
+    rom[pnp + 9] = -sum(rom[pnp:pnp + 16 * rom[pnp + 5]]) & 0xFF
+    rom[-1] = 0
+    rom[-1] = -sum(rom) & 0xFF
+    out.write_bytes(bytes(rom))
 
 
 def fnv1a32(data: bytes) -> int:
