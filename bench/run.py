@@ -42,7 +42,7 @@ def vmd_command(kernel: Path, append: str) -> list[str]:
 
 
 def qemu_command(kernel: Path, append: str) -> list[str]:
-    return ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-xsave,-avx,-avx2,-cx16", "-m", f"{MEMORY_MIB}M",
+    return ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-xsave,-avx,-avx2,-cx16,-arch-capabilities", "-m", f"{MEMORY_MIB}M",
             "-object", f"memory-backend-memfd,id=ram,size={MEMORY_MIB}M", "-machine", "pc,memory-backend=ram",
             "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot", "-kernel", str(kernel),
             "-append", append, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"]
@@ -52,15 +52,23 @@ def environment() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
-def run_to_end(command: list[str], timeout: float = 120.0) -> tuple[float, float | None, str, int]:
-    """Run command; return (total seconds, seconds to first stdout byte, stdout, peak beyond-RAM RSS KiB)."""
+class Outcome:
+    """What one run printed, when each marker first appeared, and the peak beyond-RAM RSS."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.first_byte: float | None = None
+        self.marks: dict[str, float] = {}
+        self.peak_rss_kib = 0
+
+
+def run_to_end(command: list[str], marks: tuple[str, ...] = (), timeout: float = 120.0) -> Outcome:
+    """Run command to its end, timing (from process start) its first output byte and each marker."""
+    outcome = Outcome()
     start = time.perf_counter()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=environment())
     assert process.stdout is not None
-    first: float | None = None
-    chunks: list[bytes] = []
-    peak_rss = 0
     fd = process.stdout.fileno()
     deadline = start + timeout
     while True:
@@ -69,15 +77,19 @@ def run_to_end(command: list[str], timeout: float = 120.0) -> tuple[float, float
             data = os.read(fd, 65536)
             if not data:
                 break
-            if first is None:
-                first = time.perf_counter() - start
-            chunks.append(data)
-        peak_rss = max(peak_rss, beyond_ram_rss_kib(process.pid))
+            now = time.perf_counter() - start
+            if outcome.first_byte is None:
+                outcome.first_byte = now
+            outcome.text += data.decode("latin-1")
+            for mark in marks:
+                if mark not in outcome.marks and mark in outcome.text:
+                    outcome.marks[mark] = now
+        outcome.peak_rss_kib = max(outcome.peak_rss_kib, beyond_ram_rss_kib(process.pid))
         if time.perf_counter() > deadline:
             process.kill()
             break
     process.wait()
-    return time.perf_counter() - start, first, b"".join(chunks).decode("latin-1"), peak_rss
+    return outcome
 
 
 def beyond_ram_rss_kib(pid: int) -> int:
@@ -94,23 +106,26 @@ def number(pattern: str, text: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+SERIAL_BYTES = 50000
+
+
 def measure(kernel: Path, runs: int) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {"vmd": {}, "qemu": {}}
     for _ in range(runs):
         for name, make in (("vmd", vmd_command), ("qemu", qemu_command)):
             table = results[name]
-            _, first, _, _ = run_to_end(make(kernel, "mode=firstbyte"))
-            if first is not None:
-                table.setdefault("start", []).append(first * 1000)
-            _, _, out, _ = run_to_end(make(kernel, "mode=pio n=20000"))
-            value = number(r"pio_ns[ =:]+(\d+)", out)
+            run = run_to_end(make(kernel, "mode=firstbyte"))
+            if run.first_byte is not None:
+                table.setdefault("start", []).append(run.first_byte * 1000)
+            run = run_to_end(make(kernel, "mode=pio n=20000"))
+            value = number(r"pio_ns (\d+)", run.text)
             if value is not None:
                 table.setdefault("pio", []).append(value / 1000)
-            _, _, out, rss = run_to_end(make(kernel, "mode=serial bytes=200000"))
-            value = number(r"serial_bps[ =:]+(\d+)", out)
-            if value is not None:
-                table.setdefault("serial", []).append(value / 1000)
-            table.setdefault("rss", []).append(rss / 1024)
+            run = run_to_end(make(kernel, f"mode=serial bytes={SERIAL_BYTES}"), marks=("serial_start", "serial_done"))
+            if len(run.marks) == 2:
+                seconds = run.marks["serial_done"] - run.marks["serial_start"]
+                table.setdefault("serial", []).append(SERIAL_BYTES / seconds / 1000)
+            table.setdefault("rss", []).append(run.peak_rss_kib / 1024)
     return results
 
 
