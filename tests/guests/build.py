@@ -10,6 +10,7 @@ Also exports fnv1a32(), the initrd checksum the guests verify (initrd_sum=).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import struct
@@ -189,7 +190,8 @@ def build_all(outdir: str | os.PathLike | None = None, names: list[str] | None =
     """Build every guest (or just `names`) into outdir; return {name: output path}."""
     outdir = Path(outdir) if outdir else DEFAULT_OUT
     outdir.mkdir(parents=True, exist_ok=True)
-    result = {}
+    paths: dict[str, Path] = {}
+    todo: dict[str, tuple[dict, Path, str]] = {}
     for name, recipe in GUESTS.items():
         if names and name not in names:
             continue
@@ -197,10 +199,20 @@ def build_all(outdir: str | os.PathLike | None = None, names: list[str] | None =
         stamp = outdir / "obj" / (name + ".stamp")
         digest = _inputs_digest(name, recipe)
         if not (out.exists() and stamp.exists() and stamp.read_text() == digest):
-            _build_one(name, recipe, outdir)
-            stamp.write_text(digest)
-        result[name] = out
-    return result
+            todo[name] = (recipe, stamp, digest)
+        paths[name] = out
+
+    def one(name: str) -> None:
+        recipe, stamp, digest = todo[name]
+        _build_one(name, recipe, outdir)
+        stamp.write_text(digest)
+
+    if todo:
+        # each guest has its own object directory, so they can build in parallel
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for f in [pool.submit(one, n) for n in todo]:
+                f.result()
+    return paths
 
 
 def main(argv: list[str]) -> int:
