@@ -5,7 +5,7 @@ setup:
 	sh scripts/setup.sh
 
 demo: setup
-	.venv/bin/vmd run -m 32M -b tests/guests/out/demo.elf demo
+	sh scripts/demo.sh
 
 test: setup
 	.venv/bin/python -m pytest -q

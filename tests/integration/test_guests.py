@@ -220,3 +220,23 @@ def test_sigterm_stops_the_vm(guests: dict[str, Path]) -> None:
 
 def test_host_cpu_template_runs_a_guest(vmd_run: Callable[..., Run], guests: dict[str, Path]) -> None:
     assert_all_ok(vmd_run("-m", "32M", "--cpu", "host", "-b", str(guests["openbsd64"]), "host"))
+
+
+def test_bzimage_64bit_boot_protocol(vmd_run: Callable[..., Run], guests: dict[str, Path], initrd: Path) -> None:
+    data = initrd.read_bytes()
+    append = (f"tests=mem,cmdline,initrd,pci,mptable,rtc,pit mem={64 * MiB} expect=bz-ok"
+              f" initrd_size={len(data)} initrd_sum={fnv1a32(data):08x}")
+    result = vmd_run("-m", "64M", "-b", str(guests["bzimage"]), "--initrd", str(initrd), "--append", append, "bz")
+    assert_all_ok(result)
+    assert field(result, r"^expect (\S+)") == "bz-ok"
+    assert field(result, r"^entry (\d+)") == "64"
+
+
+def test_seabios_finds_memory_through_fw_cfg_and_boots_an_option_rom(vmd_run: Callable[..., Run],
+                                                                      guests: dict[str, Path]) -> None:
+    # No -b: Debian's SeaBIOS is the firmware. It reads the e820 map and the option ROM from fw_cfg and
+    # starts the ROM's boot entry, which checks INT 15h E820 and reports the RAM it sees.
+    result = vmd_run("-m", "64M", "--option-rom", str(guests["biosboot"]), "bios", timeout=240)
+    assert_all_ok(result)
+    assert field(result, r"^memtotal (\d+)") == str(64 * MiB)
+    assert re.search(r"^memmap 0*100000-0*4000000 type 1$", result.stdout, re.M), result.stdout

@@ -101,6 +101,8 @@ def daemon_main(argv: Sequence[str]) -> int:
         return 1
     if os.path.exists(socket_path):
         os.unlink(socket_path)
+    if not args.foreground and not os.environ.get("NOTIFY_SOCKET"):
+        _daemonize()
     _setup_logging(args.foreground, args.verbose)
 
     def load(path: str) -> tuple[list[VmDefinition], Settings]:
@@ -127,6 +129,21 @@ def daemon_main(argv: Sequence[str]) -> int:
         _notify_ready()
     daemon.run()
     return 0
+
+
+def _daemonize() -> None:
+    """Detach from the terminal as daemon(3) does: fork, new session, fork, stdio on /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def _notify_ready() -> None:
