@@ -93,7 +93,7 @@ def _build_bzimage(name: str, recipe: dict, objs: list[Path], objdir: Path, out:
         raise RuntimeError(f"bzimage setup is {len(setup)} bytes / bad header")
     # memory the protected-mode part needs, bss included: from the ELF's _end
     syms = subprocess.run(["nm", str(pm_elf)], stdout=subprocess.PIPE, text=True, check=True).stdout
-    end = next(int(l.split()[0], 16) for l in syms.splitlines() if l.endswith(" _end"))
+    end = next(int(line.split()[0], 16) for line in syms.splitlines() if line.endswith(" _end"))
     struct.pack_into("<I", setup, 0x1F4, (len(pm) + 15) // 16)
     struct.pack_into("<I", setup, 0x260, (end - 0x100000 + 0xFFF) & ~0xFFF)
     out.write_bytes(bytes(setup) + pm)
