@@ -57,9 +57,29 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, object] | None, list
     return message, list(fds)
 
 
+EMPTY_ROOT = "/var/lib/vmd/empty"  # an empty, root-owned directory the VM process is locked into
+
+
+def _empty_root() -> str | None:
+    try:
+        os.makedirs(EMPTY_ROOT, mode=0o555, exist_ok=True)
+        info = os.stat(EMPTY_ROOT)
+    except OSError:
+        return None
+    if info.st_uid != 0 or info.st_mode & 0o022 or os.listdir(EMPTY_ROOT):
+        return None
+    return EMPTY_ROOT
+
+
 def drop_privileges(user: str) -> None:
-    """Become user, with no supplementary groups and no way back (no_new_privs)."""
+    """Become user, locked in an empty directory, with no supplementary groups and no way back (no_new_privs).
+
+    After this the process can reach no file but the descriptors it was handed (vmd(8)'s VM processes chroot
+    to /var/empty the same way). Everything it will import must be imported before."""
     entry = pwd.getpwnam(user)
+    root = _empty_root()
+    if root is not None:
+        os.chroot(root)
     os.setgroups([])
     os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
     os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
