@@ -209,12 +209,20 @@ class GuestMemory:
         return ctypes.addressof(buffer)
 
     def close(self) -> None:
+        """Release the memory. Views still held elsewhere (a device's rings) keep their pages alive until
+        they go; the file descriptors are closed at once."""
         for region in self.regions:
-            region.view.release()
-        for region in self.regions:
-            if region.mapping is not self._mapping:
-                region.mapping.close()
-                os.close(region.fd)
+            try:
+                region.view.release()
+            except BufferError:
+                pass
+        mappings = [r.mapping for r in self.regions if r.mapping is not self._mapping] + [self._mapping]
+        fds = [r.fd for r in self.regions if r.mapping is not self._mapping] + [self.fd]
         self.regions = []
-        self._mapping.close()
-        os.close(self.fd)
+        for mapping in mappings:
+            try:
+                mapping.close()
+            except BufferError:
+                pass
+        for fd in fds:
+            os.close(fd)

@@ -239,4 +239,6 @@ def test_seabios_finds_memory_through_fw_cfg_and_boots_an_option_rom(vmd_run: Ca
     result = vmd_run("-m", "64M", "--option-rom", str(guests["biosboot"]), "bios", timeout=240)
     assert_all_ok(result)
     assert field(result, r"^memtotal (\d+)") == str(64 * MiB)
-    assert re.search(r"^memmap 0*100000-0*4000000 type 1$", result.stdout, re.M), result.stdout
+    # RAM from 1 MiB up to (nearly) 64 MiB: SeaBIOS keeps the top pages for the ACPI tables it installs
+    match = re.search(r"^memmap 0*100000-([0-9a-f]+) type 1$", result.stdout, re.M)
+    assert match and 63 * MiB <= int(match.group(1), 16) <= 64 * MiB, result.stdout
