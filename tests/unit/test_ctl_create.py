@@ -1,4 +1,4 @@
-"""`vmctl create`: raw images (size, sparseness, no overwrite) and raw-to-raw conversion."""
+"""`vmctl create`: raw and qcow2 images (size, sparseness, no overwrite) and conversion between them."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_disktype_magic(tmp_path: Path) -> None:
     assert detect_format(str(f)) == ("qcow2", str(f))
 
 
-# --- qcow2 (through the vmd.disk plug-in)
+# --- qcow2 (through vmd.disk)
 
 
 def _qemu_img_check(path: Path) -> None:
@@ -195,19 +195,41 @@ def test_create_qcow2_overlay(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert not (tmp_path / "x.qcow2").exists() and not (tmp_path / "z.qcow2").exists()
 
 
-def test_convert_qcow2_needs_disk_layer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    import importlib
+def test_convert_raw_qcow2_both_ways(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "src.img"
+    data = _sparse_source(src)
+    q = tmp_path / "mid.qcow2"
+    assert run(capsys, "create", "-i", str(src), str(q)) == (
+        0, "", "vmctl: destination size rounded to 4 megabytes\nvmctl: qcow2 imagefile created\n")
+    _qemu_img_check(q)
+    assert q.stat().st_size < MB  # only the chunks holding data were allocated
+    back = tmp_path / "back.raw"
+    assert run(capsys, "create", "-i", f"qcow2:{q}", str(back)) == (0, "", "vmctl: raw imagefile created\n")
+    out = back.read_bytes()
+    assert out[: len(data)] == data and out[len(data):] == bytes(4 * MB - len(data))
+    assert back.stat().st_blocks * 512 <= 4 * 64 * 1024
+    q2 = tmp_path / "copy.qcow2"
+    assert run(capsys, "create", "-i", str(q), "-s", "8M", str(q2)) == (0, "", "vmctl: qcow2 imagefile created\n")
+    _qemu_img_check(q2)
+    assert int.from_bytes(q2.read_bytes()[24:32], "big") == 8 * MB
 
-    try:
-        disk = importlib.import_module("vmd.disk")
-    except ImportError:
-        disk = None
-    if disk is not None and hasattr(disk, "open_image"):
-        pytest.skip("the disk layer converts qcow2")
-    src = tmp_path / "s.img"
-    src.write_bytes(b"x")
-    assert run(capsys, "create", "-i", str(src), str(tmp_path / "o.qcow2")) == (
-        1, "", "vmctl: qcow2 images are not supported yet\n")
+
+def test_convert_overlay_flattens(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmd.disk import open_image
+
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "create", "-s", "2M", "base.qcow2")[0] == 0
+    img = open_image("base.qcow2")
+    img.pwrite(b"base" * 1000, 0)
+    img.close()
+    assert run(capsys, "create", "-b", "base.qcow2", "over.qcow2")[0] == 0
+    img = open_image("over.qcow2")
+    img.pwrite(b"over", 100)
+    img.close()
+    assert run(capsys, "create", "-i", "over.qcow2", "flat.raw") == (0, "", "vmctl: raw imagefile created\n")
+    flat = (tmp_path / "flat.raw").read_bytes()
+    assert flat[:100] == (b"base" * 25) and flat[100:104] == b"over" and flat[104:4000] == (b"base" * 1000)[104:]
 
 
 def test_progress_bar_only_on_a_terminal() -> None:

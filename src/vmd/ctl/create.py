@@ -1,27 +1,22 @@
 """`vmctl create`: make a disk image, or convert one (main.c `ctl_create`, `ctl_convert`; vmctl.c
-`create_imagefile`, `open_imagefile`; vioraw.c `virtio_raw_create`).
+`create_imagefile`, `open_imagefile`).
 
-Raw images are handled here: a sparse file of the requested size, created O_EXCL with mode 0600 so an
-existing file is never overwritten. Conversion copies in 64 KiB chunks and skips all-zero chunks so the
-output stays sparse (holes in a raw source are skipped without reading them, via SEEK_DATA).
-
-qcow2 belongs to the disk layer. This module plugs into `vmd.disk` when it provides
-`create_image(path, fmt, size, base=None)` (creation) and `open_image(path, fmt, writable)` (conversion; an
-object with `size`, `pread(length, offset) -> bytes`, `pwrite(data, offset)`, `close()`), and falls back to
-`vmd.disk.qcow2_create.create_qcow2(path, size, base)` for creation. Without them, qcow2 gives
-`qcow2 images are not supported yet`.
+The images themselves belong to the disk layer (`vmd.disk`: raw and qcow2 creation, O_EXCL with mode
+0600 so an existing file is never overwritten; opening raw and qcow2 images with their backing chains).
+This module adds vmctl's rules and messages, and the conversion loop: 64 KiB chunks, all-zero chunks
+skipped so the output stays sparse (holes in the source, raw or qcow2, are skipped without reading them,
+via the image's `next_data`). Conversion works raw <-> qcow2 in both directions.
 """
 
 from __future__ import annotations
 
-import errno
-import importlib
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import TextIO
 
+from vmd import disk
 from vmd.ctl.client import CtlError
 
 RAW = "raw"
@@ -29,17 +24,6 @@ QCOW2 = "qcow2"
 QCOW2_MAGIC = b"QFI\xfb"  # VM_MAGIC_QCOW
 MB = 1024 * 1024
 CHUNK = 64 * 1024  # ctl_convert's buffer size
-UNSUPPORTED_QCOW2 = "qcow2 images are not supported yet"
-
-
-class Image(Protocol):
-    size: int
-
-    def pread(self, length: int, offset: int) -> bytes: ...
-
-    def pwrite(self, data: bytes, offset: int) -> int | None: ...
-
-    def close(self) -> None: ...
 
 
 def parse_disktype(spec: str) -> tuple[str, str]:
@@ -73,92 +57,22 @@ def detect_format(spec: str) -> tuple[str | None, str]:
     return None, path
 
 
-# --- raw -------------------------------------------------------------------------------------------
-
-
-def raw_create(path: str, size: int) -> None:
-    """virtio_raw_create(): O_CREAT|O_EXCL, 0600, ftruncate to size (a sparse file)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.ftruncate(fd, size)
-    except OSError:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
-
-
-class RawImage:
-    """A raw image file as an Image."""
-
-    def __init__(self, path: str, writable: bool) -> None:
-        self.fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        self.size = os.fstat(self.fd).st_size
-
-    def pread(self, length: int, offset: int) -> bytes:
-        return os.pread(self.fd, length, offset)
-
-    def pwrite(self, data: bytes, offset: int) -> int:
-        return os.pwrite(self.fd, data, offset)
-
-    def next_data(self, offset: int) -> int:
-        """The first offset >= offset that may hold data (SEEK_DATA); size when only a hole follows."""
-        try:
-            return os.lseek(self.fd, offset, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                return self.size
-            return offset  # no SEEK_DATA here: assume data
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# --- the disk layer plug-in --------------------------------------------------------------------------
-
-
-def _disk_attr(module: str, name: str) -> Callable[..., Any] | None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    fn = getattr(mod, name, None)
-    return fn if callable(fn) else None
+# --- the disk layer ---------------------------------------------------------------------------------
 
 
 def create_image(path: str, fmt: str, size: int, base: str | None = None) -> None:
     """create_imagefile(): raise OSError (errno) or CtlError (a message)."""
-    if fmt == RAW:
-        raw_create(path, size)
-        return
-    creator = _disk_attr("vmd.disk", "create_image")
-    if creator is not None:
-        _call_disk(creator, path, fmt, size, base)
-        return
-    creator = _disk_attr("vmd.disk.qcow2_create", "create_qcow2")
-    if creator is not None:
-        _call_disk(creator, path, size, base)
-        return
-    raise CtlError(UNSUPPORTED_QCOW2)
-
-
-def _call_disk(fn: Callable[..., Any], *args: Any) -> Any:
     try:
-        return fn(*args)
-    except OSError:
-        raise
-    except (ValueError, RuntimeError) as e:  # the disk layer's own messages (vioqcow2.c errx)
+        disk.create_image(path, fmt, size, base)
+    except disk.DiskError as e:  # vioqcow2.c's own messages
         raise CtlError(str(e)) from None
 
 
-def open_image(path: str, fmt: str, writable: bool) -> Image:
-    if fmt == RAW:
-        return RawImage(path, writable)
-    opener = _disk_attr("vmd.disk", "open_image")
-    if opener is None:
-        raise CtlError(UNSUPPORTED_QCOW2)
-    img: Image = _call_disk(opener, path, fmt, writable)
-    return img
+def open_image(path: str, fmt: str, writable: bool) -> disk.DiskImage:
+    try:
+        return disk.open_image(path, fmt, writable)
+    except disk.DiskError as e:
+        raise CtlError(str(e)) from None
 
 
 # --- progress ------------------------------------------------------------------------------------------
@@ -212,13 +126,11 @@ def convert(
     Errors are CtlError with vmctl's messages.
     """
     src_fmt, src_path = parse_disktype(src_spec)
-    if QCOW2 in (src_fmt, dst_fmt) and _disk_attr("vmd.disk", "open_image") is None:
-        raise CtlError(UNSUPPORTED_QCOW2)
     try:
         src = open_image(src_path, src_fmt, writable=False)
     except (OSError, CtlError):
         raise CtlError("failed to open source image file") from None
-    dst: Image | None = None
+    dst: disk.DiskImage | None = None
     try:
         requested = dst_size if dst_size else src.size
         if requested < src.size:
@@ -242,18 +154,16 @@ def convert(
     return dst_fmt
 
 
-def _copy(src: Image, dst: Image, size: int, progress: Progress) -> None:
+def _copy(src: disk.DiskImage, dst: disk.DiskImage, size: int, progress: Progress) -> None:
     zero = bytes(CHUNK)
-    next_data = getattr(src, "next_data", None)
     off = 0
     end = min(size, src.size)  # past the source there are only zeros, which are never written
     while off < end:
-        if next_data is not None:
-            hole = (next_data(off) - off) // CHUNK * CHUNK  # whole chunks of hole are skipped unread
-            if hole > 0:
-                off += hole
-                progress.update(off)
-                continue
+        hole = (src.next_data(off) - off) // CHUNK * CHUNK  # whole chunks of hole are skipped unread
+        if hole > 0:
+            off += hole
+            progress.update(off)
+            continue
         length = min(CHUNK, src.size - off)
         try:
             buf = src.pread(length, off)

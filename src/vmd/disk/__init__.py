@@ -99,8 +99,6 @@ def create_image(path: str, fmt: str, size: int, base: str | None = None) -> Non
     if fmt == RAW:
         if base is not None:
             raise DiskError("base images require qcow2 disk format")
-        if size <= 0:
-            raise DiskError("missing disk size")
         create_raw(path, size)
     elif fmt == QCOW2:
         create_qcow2(path, size, base)
