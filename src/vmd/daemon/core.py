@@ -306,6 +306,9 @@ class Daemon:
                     default_firmware()
                 except BootError:
                     raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING) from None
+            disks = []
+            for index, disk in enumerate(definition.disks):
+                disks.append(self._open_disk(definition.name, index, disk, peer, files))
             if entry.terminal is None:
                 entry.terminal = Terminal.open()
             entry.terminal.give_to(run_uid, definition.owner.gid)
@@ -317,6 +320,7 @@ class Daemon:
                 "cmdline": definition.append or "",
                 "vcpus": definition.vcpus,
                 "boot_device": definition.boot_device,
+                "disks": disks,
             }
             if definition.cpu:
                 spec["cpu"] = definition.cpu
@@ -334,6 +338,37 @@ class Daemon:
             entry.start_waiters.append(client)
         self.selector.register(process.sock, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_event(e, p))
         self.selector.register(process.pidfd, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_exit(e, p))
+
+    def _open_disk(self, name: str, index: int, disk: dict[str, Any], peer: Peer,
+                   files: dict[str, int]) -> dict[str, Any]:
+        """Open a disk and its backing chain for the VM process, as the requesting user could (vm_checkaccess);
+        the fds go into files under 'disk<index>:<path>'. The flocks travel with them."""
+        from vmd.disk import DiskError, open_image
+
+        path, fmt = str(disk.get("path", "")), disk.get("format")
+        read_only = bool(disk.get("read_only", False))
+        opened: dict[str, int] = {}
+
+        def opener(file: str, writable: bool) -> int:
+            try:
+                check_file_access(file, peer, write=writable)
+            except AccessDenied as error:
+                raise PermissionError(errno.EACCES, str(error)) from None
+            fd = os.open(file, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            opened[file] = os.dup(fd)
+            return fd
+
+        try:
+            image = open_image(path, fmt, not read_only, opener=opener)
+            image.close()
+        except (DiskError, OSError) as error:
+            for fd in opened.values():
+                os.close(fd)
+            log.warning('vm "%s" unable to access disk %s: %s', name, path, error)
+            raise RequestError("EIO", f"could not open disk image(s): {error}", code=VMD_DISK_MISSING) from None
+        for file, fd in opened.items():
+            files[f"disk{index}:{file}"] = fd
+        return {"path": path, "format": fmt, "read_only": read_only}
 
     def _vm_user(self) -> str | None:
         if self.vm_user is None or os.getuid() != 0:
