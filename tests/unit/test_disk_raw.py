@@ -145,7 +145,7 @@ def test_create_messages(tmp_path: Path) -> None:
         ((str(tmp_path / "x"), "qcow2", 0, str(tmp_path / "nobase")), "failure to read base image header"),
     ]:
         with pytest.raises(DiskError) as ei:
-            create_image(*args)  # type: ignore[arg-type]
+            create_image(*args)
         assert str(ei.value) == msg
     (tmp_path / "plain").write_bytes(bytes(512))
     with pytest.raises(DiskError, match="^base image is not a qcow2 file$"):
