@@ -31,7 +31,7 @@ PCI_MMIO_END = 0xFEC0_0000  # exclusive: I/O APIC and LAPIC follow
 IOAPIC_ADDRESS = 0xFEC0_0000
 LAPIC_ADDRESS = 0xFEE0_0000
 
-MIN_MEMORY = 2 * MiB
+MIN_MEMORY = 1 * MiB  # vmd's parse_size: "memory size must be at least 1MB"
 MAX_MEMORY = 128 * GiB  # as vmd: guest physical ranges must stay below 128 GiB
 
 # e820 types (ACPI 6.4, table 15.312)

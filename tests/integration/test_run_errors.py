@@ -82,7 +82,7 @@ def test_missing_initrd(vmd_run: Callable[..., Run], guests: dict[str, Path], tm
     assert_one_line_error(vmd_run("-b", str(guests["multiboot"]), "--initrd", str(missing), "vm1"), str(missing))
 
 
-@pytest.mark.parametrize("size,reason", [("1M", "too small"), ("200G", "too large"), ("lots", "invalid memory size"),
+@pytest.mark.parametrize("size,reason", [("512K", "too small"), ("200G", "too large"), ("lots", "invalid memory size"),
                                          ("", "invalid memory size")])
 def test_bad_memory_size(vmd_run: Callable[..., Run], size: str, reason: str) -> None:
     assert_one_line_error(vmd_run("-m", size, "vm1"), reason)
@@ -92,7 +92,7 @@ def test_unknown_cpu_template(vmd_run: Callable[..., Run]) -> None:
     assert_one_line_error(vmd_run("--cpu", "fastest", "vm1"), "fastest", "unknown CPU template")
 
 
-@pytest.mark.parametrize("name", ["bad name", "-x", "a/b", "x" * 65, "é"])
+@pytest.mark.parametrize("name", ["bad name", "-x", "a/b", "x" * 64, "é"])
 def test_bad_vm_name(vmd_run: Callable[..., Run], name: str) -> None:
     assert_one_line_error(vmd_run(name))
 

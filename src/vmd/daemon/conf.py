@@ -40,7 +40,7 @@ def _missing_is_fine(path: str, explicit: bool) -> bool:
 def check_config(path: str, macros: dict[str, str], explicit: bool) -> tuple[list[str], list[str]]:
     """vmd -n: every error, and the warnings."""
     if _missing_is_fine(path, explicit):
-        return [], []
+        return [], [f"vmd: failed to open {path}: No such file or directory"] if explicit else []
     result = parse_config(path, macros)
     return result.errors, result.warnings
 
@@ -52,7 +52,6 @@ def owner_from_spec(owner: OwnerSpec) -> Owner:
 def definition_from_spec(spec: VmSpec) -> VmDefinition:
     switches = [i.switch for i in spec.interfaces if i.switch and not i.local]
     local = sum(1 for i in spec.interfaces if i.local)
-    plain = max(0, (spec.nnics if hasattr(spec, "nnics") else len(spec.interfaces)) - len(switches) - local)
     return VmDefinition(
         name=spec.name,
         memory=spec.memory,
@@ -64,7 +63,7 @@ def definition_from_spec(spec: VmSpec) -> VmDefinition:
         boot_device=spec.boot_device,
         cdrom=spec.cdrom,
         disks=[{"path": d.path, "format": d.format} for d in spec.disks],
-        nics=plain,
+        nics=spec.nnics,
         switches=switches,
         local_nics=local,
         owner=owner_from_spec(spec.owner),
@@ -104,7 +103,8 @@ def instance_definition(parent: VmDefinition, name: str, overrides: dict[str, An
     request.disks = [DiskSpec(d["path"], d.get("format") or "raw") for d in overrides.get("disks", [])]
     interfaces = [InterfaceSpec(switch=s) for s in overrides.get("switches", [])]
     interfaces += [InterfaceSpec(local=True) for _ in range(int(overrides.get("local_nics", 0)))]
-    interfaces += [InterfaceSpec() for _ in range(int(overrides.get("nics", 0)))]
+    plain = int(overrides.get("nics", 0)) - len(interfaces)  # -i counts every NIC, as vmctl(8) says
+    interfaces += [InterfaceSpec() for _ in range(max(0, plain))]
     request.interfaces = interfaces
     try:
         spec = make_instance(parent.config, name, request, peer.uid, peer.groups)

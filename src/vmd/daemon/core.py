@@ -118,8 +118,9 @@ class Daemon:
             for entry in list(self.registry.entries.values()):
                 if not entry.running:
                     self.registry.remove(entry)
-        self.settings = settings
-        self.control.set_group(settings.socket_group)
+        if replace:  # load only adds VMs (vmd_reload(0, file)); reload takes the file's global settings too
+            self.settings = settings
+            self.control.set_group(settings.socket_group)
         for definition in definitions:
             existing = self.registry.find(definition.name)
             if existing is not None:
@@ -222,6 +223,8 @@ class Daemon:
                 log.warning("permission denied: uid %d may not create vm %s", peer.uid, target)
                 raise RequestError.from_errno(errno.EPERM)
             definition = self._definition_from_request(target, overrides)
+            if not (definition.kernel or definition.disks or definition.cdrom):
+                raise RequestError("EINVAL", "no kernel or disk/cdrom specified")
             entry = self.registry.add(definition, configured=False, uid=peer.uid)
         if entry.state == WAITING:
             entry.state = STOPPED
@@ -273,7 +276,7 @@ class Daemon:
             raise RequestError("EINVAL", "invalid number of CPUs")
         if len(definition.disks) > MAX_DISKS:
             raise RequestError("EINVAL", "too many disks")
-        if definition.nics + len(definition.switches) + definition.local_nics > MAX_NICS:
+        if max(definition.nics, len(definition.switches) + definition.local_nics) > MAX_NICS:
             raise RequestError("EINVAL", "too many network interfaces")
         kernel = definition.kernel
         if kernel:
@@ -376,6 +379,7 @@ class Daemon:
         try:
             pwd.getpwnam(self.vm_user)
         except KeyError:
+            log.warning("unknown user %s: VM processes keep root's privileges", self.vm_user)
             return None
         return self.vm_user
 
@@ -581,6 +585,7 @@ class Daemon:
                 if not entry.running:
                     self.registry.remove(entry)
             self._autostart.clear()
+            self.registry.reset_ids()
         client.respond({})
 
     def cmd_log(self, client: Client, request: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ class VmDefinition:
     boot_device: str | None = None
     cdrom: str | None = None
     disks: list[dict[str, Any]] = field(default_factory=list)
-    nics: int = 0
+    nics: int = 0  # NICs in all (vmctl start -i, vm.conf interfaces): plain ones fill up to this count
     switches: list[str] = field(default_factory=list)
     local_nics: int = 0
     owner: Owner = field(default_factory=Owner)
