@@ -12,16 +12,17 @@ from collections.abc import Sequence
 
 from vmd.console import MODES, Console, ConsoleError
 from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES
-from vmd.machine import MAX_VCPUS, Machine, MachineError, MachineSpec, Outcome
+from vmd.machine import MAX_VCPUS, DiskSpec, Machine, MachineError, MachineSpec, Outcome
 from vmd.memory import MAX_MEMORY, MIN_MEMORY, parse_size
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-NAME_MAX = 64  # VMM_MAX_NAME_LEN
+NAME_MAX = 63  # VMM_MAX_NAME_LEN is 64 with the terminating NUL
 DEFAULT_MEMORY = "512M"  # vmd's VM_DEFAULT_MEMORY
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 RESTART_LIMIT = 3  # reboots in a row, each within RESTART_WINDOW seconds, before vmd gives up (as vmd.c)
 RESTART_WINDOW = 6.0
+MAX_DISKS = 4  # VM_MAX_DISKS_PER_VM
 
 
 class UsageError(Exception):
@@ -47,6 +48,11 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--console", default="stdio", metavar="stdio|pty", help="where COM1 goes")
     parser.add_argument("--option-rom", action="append", default=[], metavar="path",
                         help="an option ROM for the BIOS (fw_cfg genroms/), like QEMU's -option-rom")
+    parser.add_argument("-d", dest="disks", action="append", default=[], metavar="disk",
+                        help="a disk image for virtio-blk (raw or qcow2; 'raw:' or 'qcow2:' prefix to force); "
+                             "repeat for more, at most 4")
+    parser.add_argument("--read-only", dest="read_only", action="append", default=[], metavar="disk",
+                        help="a disk image attached read-only")
     parser.add_argument("-B", dest="boot_device", choices=("disk", "cdrom", "net"), help="boot device")
     parser.add_argument("--no-reboot", action="store_true", help="exit instead of restarting on a guest reboot")
     parser.add_argument("-v", dest="verbose", action="count", default=0, help="more logging")
@@ -80,12 +86,27 @@ def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
         raise UsageError(f"{args.vcpus}: invalid number of vCPUs (1 to {MAX_VCPUS})")
     if args.console not in MODES:
         raise UsageError(f"{args.console}: unknown console (choose stdio or pty)")
-    for path in [p for p in (args.kernel, args.initrd, *args.option_rom) if p]:
+    disks = [_disk_argument(text, read_only=False) for text in args.disks]
+    disks += [_disk_argument(text, read_only=True) for text in args.read_only]
+    if len(disks) > MAX_DISKS:
+        raise UsageError(f"too many disks (at most {MAX_DISKS})")
+    for path in [p for p in (args.kernel, args.initrd, *args.option_rom, *(d.path for d in disks)) if p]:
         if not os.path.exists(path):
             raise UsageError(f"{path}: No such file or directory")
     return MachineSpec(name=name, memory=memory, kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                        vcpus=args.vcpus, cpu=args.cpu, boot_device=args.boot_device,
-                       option_roms=list(args.option_rom))
+                       option_roms=list(args.option_rom), disks=disks)
+
+
+def _disk_argument(text: str, read_only: bool) -> DiskSpec:
+    """`[raw:|qcow2:]path`, as vmctl start -d takes it."""
+    fmt: str | None = None
+    for prefix in ("raw:", "qcow2:"):
+        if text.startswith(prefix):
+            fmt, text = prefix[:-1], text[len(prefix):]
+    if not text:
+        raise UsageError("missing disk path")
+    return DiskSpec(os.path.abspath(text), fmt, read_only)
 
 
 def exit_status(outcome: Outcome) -> int:
@@ -102,7 +123,16 @@ def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool) -> int:
 
     machine_holder: list[Machine] = []
 
+    asked: list[Machine] = []
+
     def on_signal(number: int, frame: object) -> None:
+        # The first SIGTERM asks the guest to power off (the ACPI power button) when it listens; a second
+        # one, SIGINT, or a guest that does not listen stops the VM at once.
+        if number == signal.SIGTERM and machine_holder and machine_holder[0] not in asked:
+            asked.append(machine_holder[0])
+            if machine_holder[0].request_shutdown():
+                logging.getLogger("vmd").info("%s: SIGTERM: asked the guest to power off", spec.name)
+                return
         if machine_holder:
             machine_holder[0].stop(f"stopped by {signal.Signals(number).name}")
         raise KeyboardInterrupt

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
 from dataclasses import dataclass, field
 
-from vmd.boot import load_kernel
+from vmd.boot import acpi, load_kernel
 from vmd.boot.bios import default_firmware
 from vmd.boot.state import BootError, BootOptions, BootPlan, CpuState, Segment
 from vmd.boot.x86 import write_mptable
 from vmd.console import Console
 from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
+from vmd.devices.acpi_pm import PM_BASE, PM_LENGTH, SCI_IRQ, AcpiPm
 from vmd.devices.base import Bus, ThreadScheduler
 from vmd.devices.debug_exit import DebugExit
 from vmd.devices.fw_cfg import FwCfg, seabios_files
 from vmd.devices.i8042 import I8042
-from vmd.devices.pci import PciBus, PciHostBridge
+from vmd.devices.pci import COMMAND, COMMAND_MASTER, COMMAND_MEMORY, PciBus, PciHostBridge
 from vmd.devices.rtc import Rtc
 from vmd.devices.sink import PortSink
 from vmd.devices.uart import Uart16550
+from vmd.devices.virtio.blk import VirtioBlk
+from vmd.devices.virtio.pci import VirtioDevice, VirtioPciTransport
+from vmd.devices.virtio.rng import VirtioRng
+from vmd.disk import DiskError, DiskImage, open_image
+from vmd.eventloop import EventLoop
 from vmd.kvm import structs as k
-from vmd.kvm.api import Kvm, KvmError, Vcpu, Vm
-from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, GuestMemory, GuestMemoryError
+from vmd.kvm.api import Kvm, KvmError, Vcpu
+from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
+from vmd.platform import KvmIrqLine, MachinePlatform, pc_irq_routing  # noqa: F401 (re-exported)
 from vmd.vcpu_loop import RunLoop, best_run_loop
 
 log = logging.getLogger("vmd.machine")
@@ -33,6 +41,8 @@ RTC_PORT, RTC_IRQ = 0x70, 8
 DEBUG_EXIT_PORT = 0xF4
 FW_CFG_PORT = 0x510
 PCI_CONFIG_PORT = 0xCF8
+PCI_INTX_IRQS = (10, 11, 5, 7)  # ISA IRQs free on our platform, for PCI INTA# of each slot in turn
+KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 MAX_VCPUS = 64
 
 # MSRs set at boot (SDM vol. 4)
@@ -67,6 +77,30 @@ class MachineSpec:
     cpu: str = DEFAULT_TEMPLATE
     boot_device: str | None = None
     option_roms: list[str] = field(default_factory=list)
+    rng: bool = True  # virtio-rng, which vmd gives every VM
+    disks: list[DiskSpec] = field(default_factory=list)
+
+
+@dataclass
+class DiskSpec:
+    """A disk for virtio-blk. fds: files already opened for us (vmd's parent), by the path they stand for."""
+
+    path: str
+    format: str | None = None
+    read_only: bool = False
+    fds: dict[str, int] = field(default_factory=dict)
+
+    def open(self) -> DiskImage:
+        opener = None
+        if self.fds:
+            fds = dict(self.fds)
+
+            def opener(path: str, writable: bool) -> int:
+                if path not in fds:
+                    raise OSError(errno.EACCES, f"{path} was not handed to the VM process")
+                return fds.pop(path)
+
+        return open_image(self.path, self.format, not self.read_only, opener=opener)
 
 
 @dataclass
@@ -76,42 +110,6 @@ class Outcome:
     kind: str
     status: int = 0  # guest status: debug-exit value (v<<1)|1, 0 after a plain poweroff
     message: str = ""
-
-
-class KvmIrqLine:
-    """An ISA interrupt line of the in-kernel PIC and I/O APIC (KVM_IRQ_LINE on GSI n)."""
-
-    def __init__(self, vm: Vm, gsi: int) -> None:
-        self._vm = vm
-        self._gsi = gsi
-        self._level = False
-
-    def set_level(self, level: bool) -> None:
-        if level != self._level:
-            self._level = level
-            self._vm.irq_line(self._gsi, 1 if level else 0)
-
-
-def pc_irq_routing() -> list[k.kvm_irq_routing_entry]:
-    """ISA IRQs 0-15 to the PIC pair; GSIs 0-23 to the I/O APIC, with IRQ 0 on pin 2 as on a PC
-    (MP spec 1.4, 5.3: the timer is wired to I/O APIC input 2; the MP table says the same)."""
-    routes: list[tuple[int, int, int]] = []
-    for gsi in range(16):
-        if gsi != 2:
-            chip = k.KVM_IRQCHIP_PIC_MASTER if gsi < 8 else k.KVM_IRQCHIP_PIC_SLAVE
-            routes.append((gsi, chip, gsi % 8))
-    for gsi in range(24):
-        if gsi == 0:
-            routes.append((0, k.KVM_IRQCHIP_IOAPIC, 2))
-        elif gsi != 2:
-            routes.append((gsi, k.KVM_IRQCHIP_IOAPIC, gsi))
-    entries = []
-    for gsi, chip, pin in routes:
-        entry = k.kvm_irq_routing_entry(gsi=gsi, type=k.KVM_IRQ_ROUTING_IRQCHIP)
-        entry.u.irqchip.irqchip = chip
-        entry.u.irqchip.pin = pin
-        entries.append(entry)
-    return entries
 
 
 def _segment(target: k.kvm_segment, source: Segment) -> None:
@@ -168,7 +166,7 @@ class Machine:
         try:
             self.kvm = kvm or Kvm()
             self._build()
-        except (KvmError, GuestMemoryError, BootError, OSError) as error:
+        except (KvmError, GuestMemoryError, BootError, DiskError, OSError) as error:
             self.close()
             raise MachineError(str(error)) from None
         except BaseException:
@@ -185,7 +183,6 @@ class Machine:
         self.vm.set_identity_map_address()
         self.vm.set_tss_address()
         self.vm.create_irqchip()
-        self.vm.set_gsi_routing(pc_irq_routing())
         self.vm.create_pit2()
         self.memory = GuestMemory(spec.memory, f"vm/{spec.name}")
         for region in self.memory.ram_regions():
@@ -193,16 +190,18 @@ class Machine:
 
         kernel = spec.kernel or default_firmware()
         self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
-            cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device))
+            cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device,
+            rsdp=acpi.RSDP_ADDRESS))
         if self.plan.firmware is not None:
             rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
             self.vm.add_memory(rom.guest_address, rom.size, self.memory.host_address(rom))
-        if self.plan.needs_mptable:
-            write_mptable(self.memory, spec.vcpus)
 
         self.scheduler = ThreadScheduler(f"vm/{spec.name}-timers")
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
+        self.events = EventLoop(f"vm/{spec.name}-events")
+        self.platform = MachinePlatform(self.vm, self.memory, self.pio, self.mmio, self.events,
+                                        self.kvm.check_extension(KVM_CAP_IOEVENTFD_ANY_LENGTH) > 0)
         self.uart = Uart16550(KvmIrqLine(self.vm, COM1_IRQ), self.console.write, self.scheduler)
         self.pio.add_pio(COM1_PORT, 8, self.uart)
         below = self.memory.low_ram_end
@@ -219,6 +218,24 @@ class Machine:
         self.pci = PciBus(PciHostBridge(),
                           on_reset=lambda: self.finish(Outcome("reboot", message="reset through port 0xcf9")))
         self.pio.add_pio(PCI_CONFIG_PORT, 8, self.pci)
+        self.virtio: list[VirtioPciTransport] = []
+        pci_routes: list[tuple[int, int, int]] = []
+        if spec.rng:
+            self._add_virtio(VirtioRng(), pci_routes)
+        self.disk_slots: list[int] = []
+        for index, disk in enumerate(spec.disks):
+            image = disk.open()
+            self.disk_slots.append(self._add_virtio(VirtioBlk(image, serial=f"vd{index}"), pci_routes))
+        if self.plan.needs_mptable:  # direct boot: BARs, the MP table and the ACPI tables are ours to set up
+            self.pci.assign_bars(PCI_MMIO_START, PCI_MMIO_END)
+            for transport in self.virtio:
+                transport.config_write(COMMAND, 2, COMMAND_MEMORY | COMMAND_MASTER)
+            write_mptable(self.memory, spec.vcpus, pci_routes=pci_routes, level_irqs=(SCI_IRQ,))
+            acpi.write_tables(self.memory, spec.vcpus, pci_routes)
+        self._pci_routes = pci_routes
+        self.acpi_pm = AcpiPm(KvmIrqLine(self.vm, SCI_IRQ),
+                              on_poweroff=lambda: self.finish(Outcome("poweroff", message="ACPI poweroff")))
+        self.pio.add_pio(PM_BASE, PM_LENGTH, self.acpi_pm)
         self.fw_cfg = FwCfg(self.memory)
         self._fill_fw_cfg()
         self.pio.add_pio(FW_CFG_PORT, 12, self.fw_cfg)
@@ -234,6 +251,15 @@ class Machine:
             self.vcpus.append(vcpu)
         self._set_boot_state(self.vcpus[0], self.plan.cpu)
 
+    def _add_virtio(self, device: VirtioDevice, pci_routes: list[tuple[int, int, int]]) -> int:
+        """Plug a virtio device into the next PCI slot; its INTA# goes to one of the PCI IRQs."""
+        irq = PCI_INTX_IRQS[len(self.virtio) % len(PCI_INTX_IRQS)]
+        transport = VirtioPciTransport(device, self.platform, irq)
+        slot = self.pci.add(transport)
+        pci_routes.append((slot, 0, irq))
+        self.virtio.append(transport)
+        return slot
+
     def _fill_fw_cfg(self) -> None:
         """What SeaBIOS reads through fw_cfg (QEMU docs/specs/fw_cfg.rst; SeaBIOS src/fw/paravirt.c)."""
         assert self.memory is not None
@@ -243,8 +269,13 @@ class Machine:
         self.fw_cfg.add_item(0x0F, self.spec.vcpus.to_bytes(2, "little"))  # FW_CFG_MAX_CPUS
         for name, data in seabios_files(self.plan.e820).items():
             self.fw_cfg.add_file(name, data)
+        if not self.plan.needs_mptable:  # BIOS boot: SeaBIOS installs the ACPI tables (boot/acpi.py)
+            for name, data in acpi.fw_cfg_files(self.spec.vcpus, self._pci_routes).items():
+                self.fw_cfg.add_file(name, data)
         for name, data in self.plan.fw_cfg_files.items():
             self.fw_cfg.add_file(name, data)
+        if self.spec.boot_device == "disk" and self.disk_slots:  # SeaBIOS boot order, as vmd's fw_cfg.c
+            self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.disk_slots[0]:x}\nHALT\0".encode())
         for key, data in self.plan.fw_cfg_items.items():
             self.fw_cfg.add_item(key, data)
         for path in self.spec.option_roms:
@@ -331,6 +362,12 @@ class Machine:
         assert self._outcome is not None
         return self._outcome
 
+    def request_shutdown(self) -> bool:
+        """Press the ACPI power button. True if the guest listens for it (it will power off when it is
+        done); False if it does not, and the caller should stop the VM some other way."""
+        pm = getattr(self, "acpi_pm", None)
+        return pm is not None and pm.press_power_button()
+
     def stop(self, message: str = "stopped") -> None:
         self.finish(Outcome("stopped", message=message))
 
@@ -401,6 +438,12 @@ class Machine:
             self.scheduler.stop()
             self.scheduler = None
         self.console.attach(None)
+        for transport in getattr(self, "virtio", []):
+            transport.close()
+        self.virtio = []
+        if getattr(self, "events", None) is not None:
+            self.events.stop()
+            self.events = None  # type: ignore[assignment]
         for vcpu in getattr(self, "vcpus", []):
             vcpu.close()
         self.vcpus = []

@@ -23,7 +23,7 @@ import sys
 import threading
 
 from vmd.console import Console
-from vmd.machine import Machine, MachineError, MachineSpec, Outcome
+from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, Outcome
 
 EXIT_REBOOT = 75
 MAX_MESSAGE = 65536
@@ -115,8 +115,10 @@ def _commands(sock: socket.socket, machine: Machine) -> None:
         elif command == "unpause":
             machine.unpause()
         elif command == "shutdown":
-            # A guest without vmmci or ACPI cannot be asked; vmd's VM process then exits at once.
-            machine.stop("shutdown requested")
+            # Ask the guest through the ACPI power button; a guest that does not listen for it (no ACPI
+            # driver, or still in the BIOS) cannot be asked, and vmd's VM process then exits at once.
+            if not machine.request_shutdown():
+                machine.stop("shutdown requested")
         elif command == "terminate":
             machine.stop("terminated")
 
@@ -135,7 +137,12 @@ def vm_process(control_fd: int) -> int:
     for key in ("kernel", "initrd"):
         if key in fd_map:
             spec_fields[key] = f"/proc/self/fd/{fd_map[key]}"
-    spec = MachineSpec(**spec_fields)
+    disks = [DiskSpec(**disk) for disk in spec_fields.pop("disks", [])]
+    for key, fd in fd_map.items():
+        if key.startswith("disk"):
+            index, _, path = key[4:].partition(":")
+            disks[int(index)].fds[path] = fd
+    spec = MachineSpec(**spec_fields, disks=disks)
     console = Console(master_fd=fd_map["console"])
     _set_thread_name(f"vm/{spec.name}")
     try:

@@ -52,6 +52,8 @@ GUESTS: dict[str, dict] = {
                  src=LIB32 + ["lib/mbstart.S", "src/demo.c"]),
     "bench": dict(kind="elf", arch=32, ld="flat32.ld", out="bench.elf",
                   src=LIB32 + ["lib/mbstart.S", "src/bench.c"]),
+    "acpi": dict(kind="elf", arch=32, ld="flat32.ld", out="acpi.elf",
+                 src=LIB32 + ["lib/mbstart.S", "src/acpi.c"]),
     "openbsd64": dict(kind="elf", arch=64, ld="elf64.ld", out="openbsd64.elf",
                       src=LIB64 + ["lib/start64.S", "src/openbsd64_start.S", "src/openbsd.c"]),
     "openbsd32": dict(kind="elf", arch=32, ld="flat32.ld", out="openbsd32.elf",

@@ -422,7 +422,7 @@ def load_pvh(image: ElfImage, mem: GuestMemory, options: BootOptions, entry: int
         mem.write(module_at, data)
         modlist_at = info.put(HVM_MODLIST_ENTRY.pack(module_at, len(data), 0, 0))
         modules = 1
-    start_info = HVM_START_INFO.pack(HVM_START_MAGIC, 1, 0, modules, modlist_at, cmdline_at, 0,
+    start_info = HVM_START_INFO.pack(HVM_START_MAGIC, 1, 0, modules, modlist_at, cmdline_at, options.rsdp,
                                      memmap_at, len(e820), 0)
     start_info_at = info.put(start_info)
     gdt_base, gdt_limit = write_gdt(mem)

@@ -43,6 +43,7 @@ OFF_CMDLINE_SIZE = 0x238  # u32 (2.06+)
 OFF_PREF_ADDRESS = 0x258  # u64 (2.10+)
 OFF_INIT_SIZE = 0x260  # u32 (2.10+)
 # zero-page.rst
+OFF_ACPI_RSDP_ADDR = 0x070  # u64 (2.14+)
 OFF_EXT_RAMDISK_IMAGE = 0x0C0
 OFF_EXT_RAMDISK_SIZE = 0x0C4
 OFF_EXT_CMD_LINE_PTR = 0x0C8
@@ -123,6 +124,7 @@ def load_bzimage(data: bytes, mem: GuestMemory, options: BootOptions) -> BootPla
     zero[OFF_LOADFLAGS] |= CAN_USE_HEAP
     struct.pack_into("<H", zero, OFF_HEAP_END_PTR, HEAP_END)
     struct.pack_into("<I", zero, OFF_CODE32_START, load)
+    struct.pack_into("<Q", zero, OFF_ACPI_RSDP_ADDR, options.rsdp)
 
     cmdline_at, _length = write_cmdline(mem, options.cmdline, limit=cmdline_size)
     struct.pack_into("<I", zero, OFF_CMD_LINE_PTR, cmdline_at)

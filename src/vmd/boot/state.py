@@ -143,6 +143,7 @@ class BootOptions:
     initrd: str | None = None
     vcpus: int = 1
     boot_device: str | None = None  # None, "disk", "cdrom", "net" (vmctl -B)
+    rsdp: int = 0  # ACPI RSDP address the machine writes for a direct boot (0: no ACPI tables)
 
 
 @dataclass

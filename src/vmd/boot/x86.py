@@ -13,9 +13,10 @@ Fixed guest-physical layout of a direct (non-BIOS) boot; see docs/platform.md:
                        the Linux boot-protocol GDT (0x10 code, 0x18 data) follows at 0x10080
     0x11000            PML4, 0x12000 PDPT, 0x13000 - 0x16FFF up to four page directories
     0x20000 - 0x2FFFF  kernel command line
+    0xE0000 - 0xEFFFF  ACPI RSDP (at 0xE0000) and tables (boot/acpi.py, written by the machine)
     0xF0000 - 0xFFFFF  MP floating pointer and configuration table (written by the machine)
 
-Kernels, initrds and modules must stay clear of [0, LOW_BOOT_END) and of the MP table area.
+Kernels, initrds and modules must stay clear of [0, LOW_BOOT_END) and of the ACPI and MP table areas.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ PD_ADDRESS = 0x13000  # first of up to four page directories
 CMDLINE_ADDRESS = 0x20000
 CMDLINE_MAX = 0x10000  # bytes, including the terminating NUL
 LOW_BOOT_END = 0x30000  # everything below is ours during a direct boot
+ACPI_AREA_ADDRESS = 0xE0000
 MPTABLE_ADDRESS = 0xF0000
 MPTABLE_END = 0x100000
 
 # Reserved ranges a kernel image may not overwrite: (start, end, what).
 BOOT_AREAS: tuple[tuple[int, int, str], ...] = (
     (0, LOW_BOOT_END, "the boot pages below 0x30000"),
+    (ACPI_AREA_ADDRESS, MPTABLE_ADDRESS, "the ACPI table area at 0xE0000"),
     (MPTABLE_ADDRESS, MPTABLE_END, "the MP table area at 0xF0000"),
 )
 
@@ -232,6 +235,7 @@ MP_IOAPIC_VERSION = 0x11
 MP_CPU_SIGNATURE = 0x0600  # family 6
 MP_CPU_FEATURES = (1 << 0) | (1 << 9)  # CPUID.1:EDX FPU, APIC
 MP_PCI_BUS, MP_ISA_BUS = 0, 1
+MP_FLAGS_LEVEL_HIGH = 0x0D
 
 
 def _checksum(data: bytes) -> int:
@@ -239,7 +243,7 @@ def _checksum(data: bytes) -> int:
 
 
 def write_mptable(mem: GuestMemory, vcpus: int, irq0_pin: int = 2,
-                  pci_routes: Iterable[tuple[int, int, int]] = ()) -> None:
+                  pci_routes: Iterable[tuple[int, int, int]] = (), level_irqs: Iterable[int] = ()) -> None:
     """Write an MP spec 1.4 floating pointer at 0xF0000 and the configuration table right after it.
 
     One processor entry per vCPU (APIC ids 0..vcpus-1, BSP 0), buses PCI 0 and ISA 1, one I/O APIC
@@ -248,7 +252,10 @@ def write_mptable(mem: GuestMemory, vcpus: int, irq0_pin: int = 2,
 
     irq0_pin is 2 as on PCs (QEMU routes GSI 0 to I/O APIC pin 2); a machine that keeps KVM's default
     GSI routing (GSI n -> pin n) must pass 0. pci_routes: (device, INTx pin 0-3 for A-D, I/O APIC pin).
+    level_irqs: ISA IRQs that are level-triggered and active high (the ACPI SCI, IRQ 9), as the MADT's
+    interrupt source overrides say; the others conform to the ISA bus (edge, active high).
     """
+    level = set(level_irqs)
     if not 1 <= vcpus <= 254:
         raise ValueError("the MP table holds 1 to 254 processors")
     ioapic_id = vcpus
@@ -264,7 +271,10 @@ def write_mptable(mem: GuestMemory, vcpus: int, irq0_pin: int = 2,
         if irq == 2:
             continue  # the cascade: IRQ 2 never reaches the I/O APIC
         pin = irq0_pin if irq == 0 else irq
-        entries.append(MP_INTERRUPT.pack(MP_ENTRY_IOINT, MP_INT, 0, MP_ISA_BUS, irq, ioapic_id, pin))
+        # Flags (MP spec 1.4, table 4-12): 0 conforms to the bus; 0x0D is active high (polarity 01b),
+        # level triggered (trigger mode 11b)
+        flags = MP_FLAGS_LEVEL_HIGH if irq in level else 0
+        entries.append(MP_INTERRUPT.pack(MP_ENTRY_IOINT, MP_INT, flags, MP_ISA_BUS, irq, ioapic_id, pin))
     for device, intx, pin in pci_routes:
         # PCI source bus IRQ (MP spec 1.4, D.3): bits 6:2 device number, bits 1:0 INTA#-INTD#.
         # Flags 0x0F: active low (polarity 11b), level triggered (trigger mode 11b).

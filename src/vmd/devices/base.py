@@ -11,7 +11,10 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from vmd.memory import GuestMemory
 
 
 class IrqLine(Protocol):
@@ -232,3 +235,32 @@ class ManualScheduler:
         self.timers = [t for t in self.timers if not t.cancelled]
         self.now = target
         return ran
+
+
+class MsiVector(Protocol):
+    """One message-signalled interrupt the platform delivers (an MSI route with an irqfd behind it)."""
+
+    def program(self, address: int, data: int) -> None: ...
+
+    def fire(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Platform(Protocol):
+    """What a PCI device needs from the machine, without knowing KVM: buses, guest memory, interrupts,
+    doorbells (ioeventfds) and the VM's event loop."""
+
+    memory: GuestMemory
+    pio: Bus
+    mmio: Bus
+
+    def msi_vector(self) -> MsiVector: ...
+
+    def intx_line(self, irq: int) -> IrqLine: ...
+
+    def add_doorbell(self, address: int, length: int, pio: bool, callback: Callable[[], None]) -> object: ...
+
+    def remove_doorbell(self, handle: object) -> None: ...
+
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
