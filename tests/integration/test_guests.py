@@ -163,8 +163,8 @@ def test_i8042_reset_reboots_the_guest(guests: dict[str, Path]) -> None:
         assert process.stdin is not None
         process.stdin.write(b"reboot\r")
         process.stdin.flush()
-        _read_until(process, b"vmd demo guest")  # the banner again: the VM was built anew
-        _read_until(process, b"vmd-demo# ")
+        seen = _read_until(process, b"vmd-demo# ")
+        assert b"vmd demo guest" in seen  # the banner again: the VM was built anew
         process.stdin.write(b"poweroff\r")
         process.stdin.flush()
         assert process.wait(timeout=30) == 0
