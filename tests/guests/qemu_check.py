@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,61 @@ def cases(paths: dict[str, Path], initrd: Path, isum: str) -> dict[str, tuple[li
     }
 
 
+VQEMU = ["-cpu", "host,-xsave,-avx,-avx2,-cx16,-arch-capabilities"]
+
+
+def _blk(img: Path, extra: str = "", dev: str = "") -> list[str]:
+    return ["-drive", f"file={img},if=none,id=d0,format=raw{extra}",
+            "-device", f"virtio-blk-pci,drive=d0,disable-legacy=on{dev}"]
+
+
+def virtio_cases(paths: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], list, str]]:
+    """The virtio guests (lib/virtio.c) against QEMU's virtio-pci devices."""
+    out: dict[str, tuple[list[str], list, str]] = {}
+    if "virtio_blk" in paths:
+        blk = str(paths["virtio_blk"])
+        data = bytes((i * 131 + (i >> 9) * 7) & 0xFF for i in range(2048 * 512))
+        rw_tests = "tests=id,rw,qd,range,discard,zeroes expect_id=vmdtest"
+        for irq, dev in [("poll", ""), ("msix", ""), ("intx", ",vectors=0"), ("intx-ioapic", ",vectors=0")]:
+            img = tmp / f"blk-{irq}.img"
+            img.write_bytes(data)
+            out[f"virtio-blk-{irq}"] = (["-kernel", blk, "-append", f"{rw_tests} irq={irq}"] + VQEMU +
+                                        _blk(img, dev=f",serial=vmdtest{dev}"), [], "ok zeroes")
+        img = tmp / "blk-plain.img"
+        img.write_bytes(data)
+        out["virtio-blk-noevidx"] = (["-kernel", blk, "-append", f"{rw_tests} irq=msix event_idx=0 indirect=0"] +
+                                     VQEMU + _blk(img, dev=",serial=vmdtest"), [], "ok qd")
+        ro = tmp / "blk-ro.img"
+        ro.write_bytes(data)
+        rsum = f"{fnv1a32(data[100 * 512:400 * 512]):08x}"
+        out["virtio-blk-ro"] = (["-kernel", blk, "-append", f"tests=read,ro sector=100 count=300 expect_sum={rsum} "
+                                 "irq=msix"] + VQEMU + _blk(ro, ",readonly=on"), [], f"fnv1a32 {rsum}")
+        out["virtio-blk-bench"] = (["-kernel", blk, "-append", "bench=randread size=4096 count=300 qd=8 irq=msix"] +
+                                   VQEMU + _blk(ro, ",readonly=on"), [], "bench_ns")
+    if "virtio_rng" in paths:
+        for irq, dev in [("poll", ""), ("msix", ""), ("intx", ",vectors=0")]:
+            out[f"virtio-rng-{irq}"] = (["-kernel", str(paths["virtio_rng"]), "-append", f"irq={irq}"] + VQEMU +
+                                        ["-device", f"virtio-rng-pci,disable-legacy=on{dev}"], [], "rng ok")
+    if "virtio_scsi" in paths and shutil.which("xorriso"):
+        isodir = tmp / "isodir"
+        isodir.mkdir(exist_ok=True)
+        (isodir / "data.bin").write_bytes(bytes((i * 37 + (i >> 11)) & 0xFF for i in range(300000)))
+        iso = tmp / "cd.iso"
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), str(isodir)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        raw = iso.read_bytes()
+        csum = f"{fnv1a32(raw[16 * 2048:56 * 2048]):08x}"
+        blocks = len(raw) // 2048
+        cd = ["-drive", f"file={iso},if=none,id=cd0,media=cdrom", "-device", "scsi-cd,drive=cd0"]
+        for irq, dev in [("poll", ""), ("msix", ""), ("intx", ",vectors=0")]:
+            out[f"virtio-scsi-{irq}"] = (["-kernel", str(paths["virtio_scsi"]), "-append",
+                                          f"tests=inquiry,tur,capacity,read,sense,badtarget lba=16 count=40 "
+                                          f"expect_sum={csum} irq={irq}"] + VQEMU +
+                                         ["-device", f"virtio-scsi-pci,disable-legacy=on{dev}"] + cd, [],
+                                         f"blocks {blocks}")
+    return out
+
+
 def main(argv: list[str]) -> int:
     paths = build_all()
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +147,9 @@ def main(argv: list[str]) -> int:
         initrd.write_bytes(bytes((i * 7 + 3) & 0xFF for i in range(3000)))
         isum = f"{fnv1a32(initrd.read_bytes()):08x}"
         failed = 0
-        for name, (args, dialogue, must) in cases(paths, initrd, isum).items():
+        allcases = cases(paths, initrd, isum)
+        allcases.update(virtio_cases(paths, Path(tmp)))
+        for name, (args, dialogue, must) in allcases.items():
             if argv[1:] and name not in argv[1:]:
                 continue
             rc, out = run(args, dialogue)
