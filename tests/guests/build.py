@@ -79,6 +79,8 @@ GUESTS: dict[str, dict] = {
                        src=LIB32 + ["lib/mbstart.S", "lib/virtio.c", "src/virtio_rng.c"]),
     "virtio_scsi": dict(kind="elf", arch=32, ld="flat32.ld", out="virtio_scsi.elf",
                         src=LIB32 + ["lib/mbstart.S", "lib/virtio.c", "src/virtio_scsi.c"]),
+    "virtio_net": dict(kind="elf", arch=32, ld="flat32.ld", out="virtio_net.elf",
+                       src=LIB32 + ["lib/mbstart.S", "lib/virtio.c", "src/virtio_net.c"]),
 }
 
 

@@ -137,6 +137,12 @@ def virtio_cases(paths: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str]
                                           f"expect_sum={csum} irq={irq}"] + VQEMU +
                                          ["-device", f"virtio-scsi-pci,disable-legacy=on{dev}"] + cd, [],
                                          f"blocks {blocks}")
+    if "virtio_net" in paths:
+        for irq, dev in [("poll", ""), ("msix", ""), ("intx", ",vectors=0")]:
+            out[f"virtio-net-{irq}"] = (["-kernel", str(paths["virtio_net"]), "-append", f"irq={irq}"] + VQEMU +
+                                        ["-netdev", "user,id=n0,hostname=vmdguest",
+                                         "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on{dev}"], [],
+                                        "lease 10.0.2.15 router 10.0.2.2 dns 10.0.2.3 hostname vmdguest")
     return out
 
 
