@@ -9,9 +9,9 @@ every write submitted before it has completed and the image has been synced to s
 from __future__ import annotations
 
 import logging
+import queue as queue_module
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vmd.devices.virtio.pci import VirtioDevice
@@ -62,7 +62,11 @@ class VirtioBlk(VirtioDevice):
         self.device_features = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES
         if self.read_only:
             self.device_features = (self.device_features | F_RO) & ~(F_DISCARD | F_WRITE_ZEROES)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vioblk")
+        # A plain queue and long-lived workers: cheaper per request than concurrent.futures.
+        self._requests: queue_module.SimpleQueue[tuple[Virtqueue, Chain, int, int] | None] = queue_module.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name=f"vioblk-{i}", daemon=True) for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
         self._generation = 0  # bumped on reset: completions of an older generation are dropped
         self._order = threading.Condition()
         self._submitted = 0  # requests handed to workers, in order
@@ -90,7 +94,11 @@ class VirtioBlk(VirtioDevice):
             with self._order:
                 self._submitted += 1
                 ticket = self._submitted
-            self._pool.submit(self._serve, queue, chain, ticket, generation)
+            self._requests.put((queue, chain, ticket, generation))
+
+    def _work(self) -> None:
+        while (request := self._requests.get()) is not None:
+            self._serve(*request)
 
     def _serve(self, queue: Virtqueue, chain: Chain, ticket: int, generation: int) -> None:
         try:
@@ -187,7 +195,10 @@ class VirtioBlk(VirtioDevice):
 
     def close(self) -> None:
         self._generation += 1
-        self._pool.shutdown(wait=True)
+        for _ in self._workers:
+            self._requests.put(None)
+        for worker in self._workers:
+            worker.join()
         try:
             self.image.flush()
         except OSError:

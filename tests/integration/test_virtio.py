@@ -1,0 +1,97 @@
+"""Virtio devices under `vmd run`, driven by the freestanding virtio test guests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import Run
+from .test_guests import assert_all_ok, field, fnv1a32
+
+MiB = 1 << 20
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def raw_disk(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.raw"
+    with open(path, "wb") as disk:
+        disk.truncate(8 * MiB)
+    return path
+
+
+@pytest.mark.parametrize("irq", ["msix", "intx", "poll"])
+def test_blk_reads_writes_flushes_and_serves_a_queue_of_requests(vmd_run: Callable[..., Run], guests: dict[str, Path],
+                                                                 raw_disk: Path, irq: str) -> None:
+    result = vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "-d", str(raw_disk),
+                     "--append", f"tests=id,rw,qd,discard,zeroes irq={irq} expect_id=vd0", "blk")
+    assert_all_ok(result)
+    assert field(result, r"^capacity (\d+)") == str(8 * MiB // 512)
+    assert field(result, r"^id (\S+)") == "vd0"
+    if irq != "poll":
+        assert int(field(result, r"^irqs (\d+)")) > 0
+
+
+def test_blk_reads_what_the_host_put_on_the_disk(vmd_run: Callable[..., Run], guests: dict[str, Path],
+                                                 raw_disk: Path) -> None:
+    payload = os.urandom(64 * 1024)
+    with open(raw_disk, "r+b") as disk:
+        disk.seek(1000 * 512)
+        disk.write(payload)
+    append = f"tests=read sector=1000 count=128 expect_sum={fnv1a32(payload):08x} irq=msix"
+    assert_all_ok(vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "-d", str(raw_disk), "--append", append, "r"))
+
+
+def test_blk_read_only_disk_refuses_writes(vmd_run: Callable[..., Run], guests: dict[str, Path],
+                                           raw_disk: Path) -> None:
+    before = raw_disk.read_bytes()
+    result = vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "--read-only", str(raw_disk),
+                     "--append", "tests=ro irq=msix", "ro")
+    assert_all_ok(result)
+    assert raw_disk.read_bytes() == before
+
+
+def test_qcow2_written_by_the_guest_passes_qemu_img_check(vmd_run: Callable[..., Run], guests: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(os.urandom(4 * MiB))
+    image = tmp_path / "overlay.qcow2"
+    made = qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", base.name, str(image))
+    assert made.returncode == 0, made.stderr
+    result = vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "-d", str(image),
+                     "--append", "tests=rw,qd,zeroes irq=msix", "q")
+    assert_all_ok(result)
+    check = qemu_img("check", str(image))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No errors were found" in check.stdout
+    # what the guest reads back through vmd is what qemu-img reads from the image
+    flat = tmp_path / "flat.raw"
+    assert qemu_img("convert", "-O", "raw", str(image), str(flat)).returncode == 0
+    data = flat.read_bytes()
+    sector, count = 2048, 256
+    expect = fnv1a32(data[sector * 512 : (sector + count) * 512])
+    append = f"tests=read sector={sector} count={count} expect_sum={expect:08x} irq=msix"
+    assert_all_ok(vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "-d", str(image), "--append", append, "q2"))
+
+
+def test_a_disk_in_use_is_refused(vmd_run: Callable[..., Run], guests: dict[str, Path], raw_disk: Path) -> None:
+    import fcntl
+
+    with open(raw_disk, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = vmd_run("-m", "32M", "-b", str(guests["virtio_blk"]), "-d", str(raw_disk), "busy")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"vmd: {raw_disk}: disk image is in use by another VM"
+
+
+def test_rng_gives_the_guest_entropy(vmd_run: Callable[..., Run], guests: dict[str, Path]) -> None:
+    result = vmd_run("-m", "32M", "-b", str(guests["virtio_rng"]), "--append", "irq=msix", "rng")
+    assert_all_ok(result)
+    assert int(field(result, r"^rng ok (\d+) bytes")) >= 4096
