@@ -105,7 +105,7 @@ def main() -> int:
                     spent = max(0.0, cpu - baseline[(mode, name)])
                     results.setdefault((mode, name), []).append((value, spent * 1e6 / count))
     names = list(vmms)
-    print("| measure (median of %d) | " % args.runs + " | ".join(names) + " | vmd / QEMU cache=none |")
+    print(f"| measure (median of {args.runs}) | " + " | ".join(names) + " | vmd / QEMU cache=none |")
     print("|---|" + "---:|" * (len(names) + 1))
     for mode, _size, label, unit in CASES:
         cells, rates = [], {}
