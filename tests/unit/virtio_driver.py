@@ -22,6 +22,13 @@ from vmd.memory import GuestMemory, MiB
 BAR0, BAR1 = 0xE000_0000, 0xE001_0000
 DESC, AVAIL, USED = 0x10000, 0x14000, 0x18000
 BUFFERS = 0x40000
+RING_STRIDE = 0xC000  # queue n's rings sit at DESC/AVAIL/USED + n * RING_STRIDE (below BUFFERS for n < 3)
+
+
+def rings(queue: int) -> tuple[int, int, int]:
+    """Guest addresses of queue n's descriptor table, available ring and used ring."""
+    offset = RING_STRIDE * queue
+    return DESC + offset, AVAIL + offset, USED + offset
 
 
 class FakeVector:
@@ -67,7 +74,7 @@ class FakePlatform:
 
 
 class Driver:
-    """Sets a device up (3.1.1) and submits descriptor chains on queue 0."""
+    """Sets a device up (3.1.1) and submits descriptor chains (on queue 0 unless told otherwise)."""
 
     def __init__(self, device: VirtioDevice, memory_size: int = 4 * MiB) -> None:
         self.memory = GuestMemory(memory_size)
@@ -76,9 +83,35 @@ class Driver:
         self.transport.set_bar_address(0, BAR0)
         self.transport.set_bar_address(1, BAR1)
         self.transport.config_write(COMMAND, 2, COMMAND_MEMORY | COMMAND_MASTER)
-        self.avail_idx = 0
-        self.used_seen = 0
+        self.avail_idxs = [0] * len(self.transport.queues)
+        self.used_seens = [0] * len(self.transport.queues)
+        self.sizes = [16] * len(self.transport.queues)
         self.next_buffer = BUFFERS
+
+    # queue 0's driver-side indexes, under their original names
+    @property
+    def avail_idx(self) -> int:
+        return self.avail_idxs[0]
+
+    @avail_idx.setter
+    def avail_idx(self, value: int) -> None:
+        self.avail_idxs[0] = value
+
+    @property
+    def used_seen(self) -> int:
+        return self.used_seens[0]
+
+    @used_seen.setter
+    def used_seen(self, value: int) -> None:
+        self.used_seens[0] = value
+
+    @property
+    def queue_size(self) -> int:
+        return self.sizes[0]
+
+    @queue_size.setter
+    def queue_size(self, value: int) -> None:
+        self.sizes[0] = value
 
     # -- register access through the buses, as a guest -----------------------------------------------
     def common_write(self, offset: int, size: int, value: int) -> None:
@@ -93,7 +126,8 @@ class Driver:
         self.common_write(0x00, 4, 1)
         return low | (self.common_read(0x04, 4) << 32)
 
-    def setup(self, features: int | None = None, queue_size: int = 16, msix: bool = False) -> int:
+    def setup(self, features: int | None = None, queue_size: int = 16, msix: bool = False, queues: int = 1) -> int:
+        """Negotiate features and enable the first `queues` queues (queue n on MSI-X vector n with msix)."""
         self.common_write(0x14, 1, 0)
         self.common_write(0x14, 1, STATUS_ACKNOWLEDGE)
         self.common_write(0x14, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER)
@@ -104,16 +138,18 @@ class Driver:
             self.common_write(0x0C, 4, (chosen >> (32 * select)) & 0xFFFF_FFFF)
         self.common_write(0x14, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
         assert self.common_read(0x14, 1) & STATUS_FEATURES_OK or not chosen & F_VERSION_1
-        self.queue_size = queue_size
-        self.common_write(0x16, 2, 0)
-        self.common_write(0x18, 2, queue_size)
         if msix:
             self.enable_msix()
-            self.common_write(0x1A, 2, 0)
-        for offset, address in ((0x20, DESC), (0x28, AVAIL), (0x30, USED)):
-            self.common_write(offset, 4, address)
-            self.common_write(offset + 4, 4, 0)
-        self.common_write(0x1C, 2, 1)
+        for queue in range(queues):
+            self.sizes[queue] = queue_size
+            self.common_write(0x16, 2, queue)
+            self.common_write(0x18, 2, queue_size)
+            if msix:
+                self.common_write(0x1A, 2, queue)
+            for offset, address in zip((0x20, 0x28, 0x30), rings(queue), strict=True):
+                self.common_write(offset, 4, address)
+                self.common_write(offset + 4, 4, 0)
+            self.common_write(0x1C, 2, 1)
         self.common_write(0x14, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
         return chosen
 
@@ -136,30 +172,34 @@ class Driver:
             self.memory.write(address, data)
         return address
 
-    def submit(self, parts: list[tuple[int, int, bool]], head: int = 0, kick: bool = True) -> int:
+    def submit(self, parts: list[tuple[int, int, bool]], head: int = 0, kick: bool = True, queue: int = 0) -> int:
         """parts: (address, length, device-writable). Writes descriptors head.. and makes the chain available."""
+        desc, avail, _used = rings(queue)
+        size = self.sizes[queue]
         for i, (address, length, writable) in enumerate(parts):
             flags = (1 if i + 1 < len(parts) else 0) | (2 if writable else 0)
-            struct.pack_into("<QIHH", self.memory.view(DESC, 16 * self.queue_size), 16 * (head + i),
+            struct.pack_into("<QIHH", self.memory.view(desc, 16 * size), 16 * (head + i),
                              address, length, flags, head + i + 1)
-        self.memory.write_u16(AVAIL + 4 + 2 * (self.avail_idx % self.queue_size), head)
-        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.memory.write_u16(AVAIL + 2, self.avail_idx)
+        index = self.avail_idxs[queue]
+        self.memory.write_u16(avail + 4 + 2 * (index % size), head)
+        self.avail_idxs[queue] = (index + 1) & 0xFFFF
+        self.memory.write_u16(avail + 2, self.avail_idxs[queue])
         if kick:
-            self.kick()
+            self.kick(queue)
         return head
 
     def kick(self, queue: int = 0) -> None:
         self.platform.mmio.write(BAR0 + 0x3000 + 4 * queue, 2, queue)
 
-    def used(self) -> list[tuple[int, int]]:
+    def used(self, queue: int = 0) -> list[tuple[int, int]]:
         """New used-ring entries since the last call: (head, written length)."""
-        index = self.memory.read_u16(USED + 2)
+        used = rings(queue)[2]
+        index = self.memory.read_u16(used + 2)
         entries = []
-        while self.used_seen != index:
-            slot = self.used_seen % self.queue_size
-            entries.append(struct.unpack("<II", self.memory.read(USED + 4 + 8 * slot, 8)))
-            self.used_seen = (self.used_seen + 1) & 0xFFFF
+        while self.used_seens[queue] != index:
+            slot = self.used_seens[queue] % self.sizes[queue]
+            entries.append(struct.unpack("<II", self.memory.read(used + 4 + 8 * slot, 8)))
+            self.used_seens[queue] = (self.used_seens[queue] + 1) & 0xFFFF
         return entries
 
     def status(self) -> int:
