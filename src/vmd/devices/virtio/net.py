@@ -566,6 +566,17 @@ class VirtioNet(VirtioDevice):
             return
         if flags and not self._guest_csum:
             _write_at(views, 0, b"\0")  # 5.1.6.4.1: flags are zero without GUEST_CSUM (the tap may say DATA_VALID)
+        self._pushed += 1
+        self.stats.rx_packets += 1
+        self.stats.rx_bytes += length - HDR_SIZE
+        first = self._held[0]
+        if first.capacity >= length:  # the usual case: one chain (num_buffers 1, 5.1.6.4)
+            _write_at(views, NUM_BUFFERS_OFFSET, b"\x01\x00")
+            self._rx.push(first.chain.head, length)
+            self._held.popleft()
+            self._held_capacity -= first.capacity
+            del views[: first.nviews]
+            return
         used: list[tuple[_Held, int]] = []
         remaining = length
         for held in self._held:
@@ -574,7 +585,7 @@ class VirtioNet(VirtioDevice):
             remaining -= take
             if remaining == 0:
                 break
-        # 5.1.6.4: num_buffers is how many chains the packet took (always 1 without MRG_RXBUF)
+        # 5.1.6.4: num_buffers is how many chains the packet took (only with MRG_RXBUF can it exceed 1)
         _write_at(views, NUM_BUFFERS_OFFSET, struct.pack("<H", len(used)))
         rx = self._rx
         nviews = 0
@@ -584,9 +595,6 @@ class VirtioNet(VirtioDevice):
             self._held_capacity -= held.capacity
             nviews += held.nviews
         del views[:nviews]
-        self._pushed += 1
-        self.stats.rx_packets += 1
-        self.stats.rx_bytes += length - HDR_SIZE
 
     def _rx_header_ok(self, flags: int, gso_type: int) -> bool:
         """Only what the driver negotiated (5.1.6.4.1): a partial checksum needs GUEST_CSUM, GSO the matching
