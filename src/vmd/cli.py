@@ -53,6 +53,7 @@ def _run_parser() -> argparse.ArgumentParser:
                              "repeat for more, at most 4")
     parser.add_argument("--read-only", dest="read_only", action="append", default=[], metavar="disk",
                         help="a disk image attached read-only")
+    parser.add_argument("-r", dest="cdrom", metavar="path", help="an ISO image on the virtio-scsi CD-ROM")
     parser.add_argument("-B", dest="boot_device", choices=("disk", "cdrom", "net"), help="boot device")
     parser.add_argument("--no-reboot", action="store_true", help="exit instead of restarting on a guest reboot")
     parser.add_argument("-v", dest="verbose", action="count", default=0, help="more logging")
@@ -90,12 +91,13 @@ def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
     disks += [_disk_argument(text, read_only=True) for text in args.read_only]
     if len(disks) > MAX_DISKS:
         raise UsageError(f"too many disks (at most {MAX_DISKS})")
-    for path in [p for p in (args.kernel, args.initrd, *args.option_rom, *(d.path for d in disks)) if p]:
+    cdrom = DiskSpec(os.path.abspath(args.cdrom), "raw", read_only=True) if args.cdrom else None
+    for path in [p for p in (args.kernel, args.initrd, args.cdrom, *args.option_rom, *(d.path for d in disks)) if p]:
         if not os.path.exists(path):
             raise UsageError(f"{path}: No such file or directory")
     return MachineSpec(name=name, memory=memory, kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                        vcpus=args.vcpus, cpu=args.cpu, boot_device=args.boot_device,
-                       option_roms=list(args.option_rom), disks=disks)
+                       option_roms=list(args.option_rom), disks=disks, cdrom=cdrom)
 
 
 def _disk_argument(text: str, read_only: bool) -> DiskSpec:

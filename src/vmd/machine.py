@@ -24,8 +24,11 @@ from vmd.devices.rtc import Rtc
 from vmd.devices.sink import PortSink
 from vmd.devices.uart import Uart16550
 from vmd.devices.virtio.blk import VirtioBlk
+from vmd.devices.virtio.net import VirtioNet
 from vmd.devices.virtio.pci import VirtioDevice, VirtioPciTransport
 from vmd.devices.virtio.rng import VirtioRng
+from vmd.devices.virtio.scsi import VirtioScsiCdrom
+from vmd.devices.vmmci import VMMCI_REBOOT, Vmmci
 from vmd.disk import DiskError, DiskImage, open_image
 from vmd.eventloop import EventLoop
 from vmd.kvm import structs as k
@@ -79,6 +82,22 @@ class MachineSpec:
     option_roms: list[str] = field(default_factory=list)
     rng: bool = True  # virtio-rng, which vmd gives every VM
     disks: list[DiskSpec] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)
+    cdrom: DiskSpec | None = None  # an ISO image on the virtio-scsi CD-ROM
+    vmmci: bool = True  # OpenBSD's VMM control interface, which vmd gives every VM
+
+
+@dataclass
+class NicSpec:
+    """A network interface: a tap (opened by vmd's parent) on virtio-net.
+
+    dhcp: for a local interface, what the built-in DHCP responder hands out (vmd's dhcp.c): guest_ip,
+    host_ip, host_mac, and vm_name/boot_device for the boot file and host name."""
+
+    fd: int
+    mac: str
+    locked: bool = False
+    dhcp: dict[str, str | None] | None = None
 
 
 @dataclass
@@ -226,6 +245,19 @@ class Machine:
         for index, disk in enumerate(spec.disks):
             image = disk.open()
             self.disk_slots.append(self._add_virtio(VirtioBlk(image, serial=f"vd{index}"), pci_routes))
+        for nic in spec.nics:
+            self._add_virtio(self._virtio_net(nic), pci_routes)
+        self.cdrom_slot: int | None = None
+        if spec.cdrom is not None:
+            self.cdrom_slot = self._add_virtio(VirtioScsiCdrom(spec.cdrom.open()), pci_routes)
+        self.vmmci: Vmmci | None = None
+        if spec.vmmci:
+            irq = PCI_INTX_IRQS[len(self.virtio) % len(PCI_INTX_IRQS)]
+            self.vmmci = Vmmci(self.platform.intx_line(irq), pio=self.pio, scheduler=self.scheduler,
+                               interrupt_line=irq)
+            self.vmmci.on_guest_ack = self._vmmci_ack
+            self.vmmci.on_timeout = self._vmmci_timeout
+            pci_routes.append((self.pci.add(self.vmmci), 0, irq))
         if self.plan.needs_mptable:  # direct boot: BARs, the MP table and the ACPI tables are ours to set up
             self.pci.assign_bars(PCI_MMIO_START, PCI_MMIO_END)
             for transport in self.virtio:
@@ -250,6 +282,23 @@ class Machine:
             self._set_lapic_lines(vcpu)
             self.vcpus.append(vcpu)
         self._set_boot_state(self.vcpus[0], self.plan.cpu)
+
+    def _virtio_net(self, nic: NicSpec) -> VirtioNet:
+        from vmd.net.dhcp import DhcpResponder
+        from vmd.net.tap import set_offload
+
+        mac = bytes.fromhex(nic.mac.replace(":", ""))
+        responder = None
+        if nic.dhcp is not None:
+            d = nic.dhcp
+            responder = DhcpResponder.for_vm(mac, bytes.fromhex(str(d["host_mac"]).replace(":", "")),
+                                             str(d["guest_ip"]), str(d["host_ip"]), str(d["vm_name"]),
+                                             d.get("boot_device")).handle
+
+        def offloads(csum: bool, tso4: bool, tso6: bool, ufo: bool) -> None:
+            set_offload(nic.fd, csum, tso4, tso6, ufo)
+
+        return VirtioNet(nic.fd, mac, self.events, locked=nic.locked, responder=responder, offloads=offloads)
 
     def _add_virtio(self, device: VirtioDevice, pci_routes: list[tuple[int, int, int]]) -> int:
         """Plug a virtio device into the next PCI slot; its INTA# goes to one of the PCI IRQs."""
@@ -276,6 +325,8 @@ class Machine:
             self.fw_cfg.add_file(name, data)
         if self.spec.boot_device == "disk" and self.disk_slots:  # SeaBIOS boot order, as vmd's fw_cfg.c
             self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.disk_slots[0]:x}\nHALT\0".encode())
+        elif self.spec.boot_device == "cdrom" and self.cdrom_slot is not None:
+            self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.cdrom_slot:x}/*@0/*@0,40000100\nHALT\0".encode())
         for key, data in self.plan.fw_cfg_items.items():
             self.fw_cfg.add_item(key, data)
         for path in self.spec.option_roms:
@@ -363,10 +414,24 @@ class Machine:
         return self._outcome
 
     def request_shutdown(self) -> bool:
-        """Press the ACPI power button. True if the guest listens for it (it will power off when it is
-        done); False if it does not, and the caller should stop the VM some other way."""
+        """Ask the guest to power off: through vmmci when an OpenBSD guest drives it, else the ACPI power
+        button. True if the guest listens (it will power off when it is done); False if it does not, and the
+        caller should stop the VM some other way."""
+        vmmci = getattr(self, "vmmci", None)
+        if vmmci is not None and vmmci.request_shutdown():
+            return True
         pm = getattr(self, "acpi_pm", None)
         return pm is not None and pm.press_power_button()
+
+    def _vmmci_ack(self, command: int) -> None:
+        log.debug("%s: vmmci: the guest acknowledged command %d", self.spec.name, command)
+
+    def _vmmci_timeout(self, command: int) -> None:
+        """The guest did not finish a vmmci shutdown or reboot in time (vmd: 3 s, or 120 s after its ack)."""
+        if command == VMMCI_REBOOT:
+            self.finish(Outcome("reboot", message="vmmci reboot"))
+        else:
+            self.finish(Outcome("poweroff", message="vmmci shutdown"))
 
     def stop(self, message: str = "stopped") -> None:
         self.finish(Outcome("stopped", message=message))

@@ -23,7 +23,7 @@ import sys
 import threading
 
 from vmd.console import Console
-from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, Outcome
+from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, NicSpec, Outcome
 
 EXIT_REBOOT = 75
 MAX_MESSAGE = 65536
@@ -142,7 +142,13 @@ def vm_process(control_fd: int) -> int:
         if key.startswith("disk"):
             index, _, path = key[4:].partition(":")
             disks[int(index)].fds[path] = fd
-    spec = MachineSpec(**spec_fields, disks=disks)
+    nics = [NicSpec(fd=fd_map[f"nic{i}"], **nic) for i, nic in enumerate(spec_fields.pop("nics", []))]
+    cdrom_fields = spec_fields.pop("cdrom", None)
+    cdrom = None
+    if cdrom_fields:
+        cdrom = DiskSpec(**cdrom_fields)
+        cdrom.fds[cdrom.path] = fd_map["cdrom"]
+    spec = MachineSpec(**spec_fields, disks=disks, nics=nics, cdrom=cdrom)
     console = Console(master_fd=fd_map["console"])
     _set_thread_name(f"vm/{spec.name}")
     try:

@@ -158,3 +158,22 @@ def test_flushed_writes_survive_sigkill(guests: dict[str, Path], tmp_path: Path,
         for round_number in flushed:
             offset = (DURABLE_BASE + 8 * round_number) * 512
             assert data[offset : offset + 4096] == _block(data, round_number), (attempt, round_number)
+
+
+def test_scsi_cdrom_reads_an_iso(vmd_run: Callable[..., Run], guests: dict[str, Path], tmp_path: Path) -> None:
+    tree = tmp_path / "iso"
+    tree.mkdir()
+    (tree / "payload.bin").write_bytes(os.urandom(256 * 1024))
+    iso = tmp_path / "test.iso"
+    made = subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), str(tree)], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    data = iso.read_bytes()
+    lba, count = 20, 8
+    expect = fnv1a32(data[lba * 2048 : (lba + count) * 2048])
+    result = vmd_run("-m", "32M", "-b", str(guests["virtio_scsi"]), "-r", str(iso), "--append",
+                     f"tests=inquiry,tur,capacity,read,sense lba={lba} count={count} expect_sum={expect:08x} irq=msix",
+                     "cd")
+    assert_all_ok(result)
+    assert field(result, r"^blocks (\d+)") == str(len(data) // 2048)
+    assert field(result, r"^block_size (\d+)") == "2048"
+    assert "sense ILLEGAL REQUEST" in result.stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmd.config.instance import InstanceError, make_instance
 from vmd.config.parser import parse_config
-from vmd.config.spec import DiskSpec, InterfaceSpec, OwnerSpec, VmSpec
+from vmd.config.spec import DiskSpec, InterfaceSpec, OwnerSpec, VmSpec, auto_inet6_prefix
 from vmd.daemon.core import ConfigError, Settings
 from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.registry import VmDefinition
@@ -69,6 +69,7 @@ def definition_from_spec(spec: VmSpec) -> VmDefinition:
         owner=owner_from_spec(spec.owner),
         enabled=spec.enabled,
         config=spec,
+        interfaces=spec.all_interfaces(),
     )
 
 
@@ -79,10 +80,15 @@ def load_definitions(path: str, macros: dict[str, str], explicit: bool) -> tuple
     if result.errors or result.config is None:
         raise ConfigError(result.errors or [f"{path}: invalid configuration"])
     config = result.config
+    glob = config.globals
+    prefix6 = (glob.local_prefix6 or auto_inet6_prefix()) if glob.local_inet6 else None
     settings = Settings(
-        socket_group=(config.globals.socket_owner.gid or 0) if config.globals.socket_owner else 0,
-        stagger_parallel=config.globals.parallel,
-        stagger_delay=float(config.globals.delay),
+        socket_group=(glob.socket_owner.gid or 0) if glob.socket_owner else 0,
+        stagger_parallel=glob.parallel,
+        stagger_delay=float(glob.delay),
+        switches=list(config.switches),
+        local_prefix=glob.local_prefix,
+        local_prefix6=prefix6,
     )
     return [definition_from_spec(vm) for vm in config.vms], settings
 

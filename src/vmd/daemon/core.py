@@ -70,6 +70,9 @@ class Settings:
     socket_group: int = 0
     stagger_parallel: int = 0  # 0: number of CPUs
     stagger_delay: float = 30.0
+    switches: list[Any] = field(default_factory=list)  # config.SwitchSpec
+    local_prefix: Any = None  # IPv4Network; None: vm.conf's default
+    local_prefix6: Any = None  # IPv6Network when `local inet6` is on
 
 
 ConfigLoader = Callable[[str], tuple[list[VmDefinition], Settings]]
@@ -92,6 +95,7 @@ class Daemon:
         self._autostart_timer: _Timer | None = None
         self._quit = False
         self._quit_deadline: float | None = None
+        self._net: Any = None  # vmd.net.NetworkManager, made when first needed (switches or taps)
         self.control = ControlServer(socket_path, self.selector, self.handle_request)
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._signal_r, selectors.EVENT_READ, self._on_signal)
@@ -121,6 +125,11 @@ class Daemon:
         if replace:  # load only adds VMs (vmd_reload(0, file)); reload takes the file's global settings too
             self.settings = settings
             self.control.set_group(settings.socket_group)
+        if settings.switches:
+            try:
+                self.network().setup_switches(settings.switches)
+            except Exception as error:  # NetError, or netlink failing: vmd keeps running without them
+                log.warning("failed to set up switches: %s", error)
         for definition in definitions:
             existing = self.registry.find(definition.name)
             if existing is not None:
@@ -312,6 +321,19 @@ class Daemon:
             disks = []
             for index, disk in enumerate(definition.disks):
                 disks.append(self._open_disk(definition.name, index, disk, peer, files))
+            cdrom = None
+            if definition.cdrom:
+                path = definition.cdrom
+                try:
+                    check_file_access(path, peer)
+                    files["cdrom"] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except AccessDenied as error:
+                    code = VMD_CDROM_INVALID if "regular" in str(error) else VMD_CDROM_MISSING
+                    raise RequestError("ENOENT", str(error), code=code) from None
+                except OSError as error:
+                    raise RequestError("ENOENT", f"{path}: {error.strerror}", code=VMD_CDROM_MISSING) from None
+                cdrom = {"path": path, "format": "raw", "read_only": True}
+            nics = self._open_interfaces(entry, files)
             if entry.terminal is None:
                 entry.terminal = Terminal.open()
             entry.terminal.give_to(run_uid, definition.owner.gid)
@@ -324,11 +346,16 @@ class Daemon:
                 "vcpus": definition.vcpus,
                 "boot_device": definition.boot_device,
                 "disks": disks,
+                "nics": nics,
+                "cdrom": cdrom,
             }
             if definition.cpu:
                 spec["cpu"] = definition.cpu
             process = spawn(definition.name, spec, entry.terminal, files, self._vm_user(), self.verbose)
             files = {}
+        except BaseException:
+            self._close_interfaces(entry)
+            raise
         finally:
             for fd in files.values():
                 os.close(fd)
@@ -372,6 +399,47 @@ class Daemon:
         for file, fd in opened.items():
             files[f"disk{index}:{file}"] = fd
         return {"path": path, "format": fmt, "read_only": read_only}
+
+    def network(self) -> Any:
+        if self._net is None:
+            from vmd.net import NetworkManager
+
+            self._net = NetworkManager()
+        return self._net
+
+    def _open_interfaces(self, entry: VmEntry, files: dict[str, int]) -> list[dict[str, Any]]:
+        """Open and configure the VM's taps (vm_priv_ifconfig) and describe them for the VM process."""
+        specs = entry.definition.interface_specs()
+        if not specs:
+            return []
+        from vmd.config.spec import DEFAULT_LOCAL_PREFIX
+        from vmd.net import NetError
+
+        try:
+            taps = self.network().create_vm_interfaces(
+                entry.id, entry.name, specs, self.settings.local_prefix or DEFAULT_LOCAL_PREFIX,
+                self.settings.local_prefix6)
+        except NetError as error:
+            raise RequestError("EIO", str(error)) from None
+        entry.taps = taps
+        nics = []
+        for index, tap in enumerate(taps):
+            files[f"nic{index}"] = os.dup(tap.fd)
+            dhcp = None
+            if tap.local is not None:
+                host, guest = tap.local
+                dhcp = {"guest_ip": str(guest), "host_ip": str(host), "host_mac": tap.host_mac,
+                        "vm_name": entry.name, "boot_device": entry.definition.boot_device}
+            nics.append({"mac": tap.guest_mac, "locked": tap.locked, "dhcp": dhcp})
+        return nics
+
+    def _close_interfaces(self, entry: VmEntry) -> None:
+        if entry.taps:
+            try:
+                self.network().destroy_vm_interfaces(entry.taps)
+            except Exception as error:
+                log.warning("%s: removing interfaces: %s", entry.name, error)
+            entry.taps = []
 
     def _vm_user(self) -> str | None:
         if self.vm_user is None or os.getuid() != 0:
@@ -425,6 +493,7 @@ class Daemon:
                 process.outcome = event
         code = process.reap()
         entry.process = None
+        self._close_interfaces(entry)
         if entry.stop_timer is not None:
             entry.stop_timer.cancel()
             entry.stop_timer = None
@@ -576,6 +645,8 @@ class Daemon:
         what = request.get("what", "all")
         if what not in ("all", "switches", "vms"):
             raise RequestError("EINVAL", f"invalid reset target {what!r}")
+        if what in ("all", "switches") and self._net is not None:
+            self._net.teardown()
         if what in ("all", "vms"):
             for entry in list(self.registry.entries.values()):
                 if entry.process is not None:
@@ -634,6 +705,14 @@ class Daemon:
                 entry.process.send("shutdown")
 
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._net is not None:
+                self._net.teardown()
+                self._net.close()
+
+    def _loop(self) -> None:
         while True:
             if self._quit:
                 running = [e for e in self.registry.entries.values() if e.process is not None]

@@ -36,6 +36,18 @@ class VmDefinition:
     owner: Owner = field(default_factory=Owner)
     enabled: bool = True
     config: Any = None  # the config.VmSpec it came from, for instances
+    interfaces: list[Any] = field(default_factory=list)  # config.InterfaceSpec, in NIC order
+
+    def interface_specs(self) -> list[Any]:
+        """The VM's NICs: as configured, or from vmctl start: -L ones, then -n ones, then plain ones up to -i."""
+        if self.interfaces:
+            return list(self.interfaces)
+        from vmd.config.spec import InterfaceSpec
+
+        specs = [InterfaceSpec(local=True) for _ in range(self.local_nics)]
+        specs += [InterfaceSpec(switch=name) for name in self.switches]
+        specs += [InterfaceSpec() for _ in range(max(0, self.nics - len(specs)))]
+        return specs
 
 
 @dataclass
@@ -52,6 +64,7 @@ class VmEntry:
     start_waiters: list[Any] = field(default_factory=list)  # clients waiting for the start result
     stop_waiters: list[Any] = field(default_factory=list)  # (client, payload maker) waiting for termination
     stop_timer: Any = None
+    taps: list[Any] = field(default_factory=list)  # vmd.net.VmInterface, while the VM runs
     last_error: str = ""
 
     @property
