@@ -4,6 +4,10 @@
  * pings the router, and with serve=<seconds> keeps answering before it exits.
  * tests= (default dhcp,ping); ip=<a.b.c.d> router=<a.b.c.d> instead of dhcp;
  * mrg=0 (no MRG_RXBUF); irq=poll|msix|intx|intx-ioapic.
+ * Benchmarks (bench/net.py): bench=tx size=<frame bytes> count=<n> sends count UDP
+ * frames to the router's port 9 (ARP-resolved, or dstmac=<mac>), keeping the tx
+ * queue full; bench=rx count=<n> [wait=<s>] counts UDP frames to its own port 9
+ * on all 64 receive buffers. Both time themselves with the TSC.
  * See ../README.md ("virtio_net"). */
 #include "../lib/virtio.h"
 
@@ -14,13 +18,15 @@ struct mb_info { uint32_t flags, mem_lower, mem_upper, boot_device, cmdline; } _
 #define NET_F_STATUS 16
 #define NET_HDR 12              /* struct virtio_net_hdr with VERSION_1 (num_buffers included) */
 #define NRX 16
+#define NRX_BENCH 64            /* bench=rx: every receive buffer the queue can take */
 #define BUFLEN 2048
 
 static struct virtio_dev dev;
 static struct virtq rxq, txq;
 static const char *cl;
-static uint8_t rxbuf[NRX][BUFLEN] __attribute__((aligned(4096)));
+static uint8_t rxbuf[NRX_BENCH][BUFLEN] __attribute__((aligned(4096)));
 static uint8_t txbuf[BUFLEN] __attribute__((aligned(16)));
+static uint8_t bench_frame[BUFLEN] __attribute__((aligned(64)));
 static uint8_t mac[6];
 static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 static uint64_t hz;
@@ -373,12 +379,13 @@ static int dhcp(void)
     return 0;
 }
 
-static void ping(void)
+/* ARP for the router: 0 with arp_mac set, or -1 with a FAIL for check `name`. */
+static int arp_router(const char *name)
 {
     char a[16];
     if (!router_ip) {
-        fail("ping", "no router address");
-        return;
+        fail(name, "no router address");
+        return -1;
     }
     arp_want = router_ip;
     arp_done = 0;
@@ -387,11 +394,19 @@ static void ping(void)
         rx_run(hz, &arp_done);
     }
     if (!arp_done) {
-        fail("ping", "no ARP reply from %s", ipstr(router_ip, a));
-        return;
+        fail(name, "no ARP reply from %s", ipstr(router_ip, a));
+        return -1;
     }
     note("arp %s is %02x:%02x:%02x:%02x:%02x:%02x", ipstr(router_ip, a), arp_mac[0], arp_mac[1], arp_mac[2],
          arp_mac[3], arp_mac[4], arp_mac[5]);
+    return 0;
+}
+
+static void ping(void)
+{
+    char a[16];
+    if (arp_router("ping"))
+        return;
     echo_done = 0;
     for (int i = 0; i < 3 && !echo_done; i++) {
         echo_send(arp_mac, router_ip);
@@ -405,13 +420,172 @@ static void ping(void)
     ok("ping");
 }
 
+/* ---- benchmarks ---- */
+
+/* Nothing to do until the device uses a buffer of q: spin (irq=poll) or halt until an interrupt
+ * (the LAPIC tick bounds the wait) unless an entry is already there. */
+static void idle_wait(struct virtq *q)
+{
+    if (virtio_irq_mode() == VIRTIO_IRQ_POLL) {
+        cpu_relax();
+        return;
+    }
+    cli();
+    if (*(volatile uint16_t *)(q->used + 2) == q->last_used)
+        __asm__ volatile("sti; hlt" ::: "memory");
+    else
+        sti();
+}
+
+static uint64_t cycles_to_ns(uint64_t dt)
+{
+    return dt / hz * 1000000000ull + (dt % hz) * 1000000000ull / hz;
+}
+
+static int parse_mac(const char *s, uint8_t *out)
+{
+    for (int i = 0; i < 6; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++, s++) {
+            char c = *s;
+            unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                       : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16u;
+            if (d > 15)
+                return -1;
+            v = v << 4 | d;
+        }
+        out[i] = (uint8_t)v;
+        if (i < 5 && *s++ != ':')
+            return -1;
+    }
+    return 0;
+}
+
+/* bench=tx: count frames of `size` bytes (Ethernet header to the end of the UDP payload) to the
+ * router's port 9. Every descriptor points at the same read-only frame; the loop fills the tx queue,
+ * kicks (the device's avail_event decides whether that exits), and reclaims used entries; with nothing
+ * to reclaim it spins (irq=poll) or halts until the next interrupt. */
+static void bench_tx(unsigned size, uint64_t count)
+{
+    char v[32];
+    if (size < 42 || size > BUFLEN - NET_HDR) {
+        fail("bench", "size must be 42..%u", BUFLEN - NET_HDR);
+        return;
+    }
+    if (cmdline_get(cl, "dstmac", v, sizeof v)) {
+        if (parse_mac(v, arp_mac)) {
+            fail("bench", "bad dstmac %s", v);
+            return;
+        }
+    } else if (arp_router("bench")) {
+        return;
+    }
+    uint8_t *f = bench_frame + NET_HDR;
+    memset(bench_frame, 0, NET_HDR);
+    memcpy(f, arp_mac, 6);
+    memcpy(f + 6, mac, 6);
+    put16(f + 12, 0x0800);
+    unsigned payload = size - 14 - 20 - 8;
+    uint8_t *udp = ip_hdr(f + 14, 17, my_ip, router_ip, 8 + payload);
+    put16(udp, 9);
+    put16(udp + 2, 9);
+    put16(udp + 4, (uint16_t)(8 + payload));
+    put16(udp + 6, 0);                   /* no UDP checksum */
+    for (unsigned i = 0; i < payload; i++)
+        udp[8 + i] = (uint8_t)i;
+    struct vbuf b = { bench_frame, NET_HDR + size, 0 };
+    note("bench_tx start");
+    uint64_t sent = 0, done = 0, t0 = rdtsc(), progress = t0;
+    unsigned k0 = txq.kicks, n0 = txq.notifies;
+    while (done < count) {
+        int added = 0;
+        while (sent < count && virtq_free(&txq)) {
+            virtq_add(&txq, &b, 1, 0, 0);
+            sent++;
+            added = 1;
+        }
+        if (added)
+            virtq_kick(&txq);
+        int got = 0;
+        while (virtq_get(&txq, 0, 0) >= 0) {
+            done++;
+            got = 1;
+        }
+        uint64_t now = rdtsc();
+        if (got) {
+            progress = now;
+        } else if (now - progress > 3 * hz) {
+            fail("bench", "tx stalled after %llu of %llu frames", (unsigned long long)done, (unsigned long long)count);
+            return;
+        } else {
+            idle_wait(&txq);
+        }
+    }
+    uint64_t dt = rdtsc() - t0;
+    note("bench_tx_frames %llu bench_ns %llu", (unsigned long long)done, (unsigned long long)cycles_to_ns(dt));
+    note("bench_size %u bench_kicks %u notifies %u", size, txq.kicks - k0, txq.notifies - n0);
+    ok("bench");
+}
+
+/* bench=rx: count UDP frames to our address, port 9, until `count` came, or none came for a second
+ * (wait=<s> before the first, default 30). Timed from the first to the last. Other frames go to the
+ * usual receive path (ARP is answered). Each buffer goes back on the ring as soon as it is read; the
+ * device is kicked once the used ring is drained, and then the guest spins or halts as in bench_tx. */
+static void bench_rx(uint64_t count)
+{
+    char v[32];
+    uint64_t wait = 30;
+    if (cmdline_get(cl, "wait", v, sizeof v))
+        wait = parse_u64(v, 10, 0);
+    uint64_t n = 0, bytes = 0, t_first = 0, t_last = 0, idle = rdtsc();
+    unsigned k0 = rxq.kicks, n0 = rxq.notifies;
+    note("bench_rx ready");
+    while (n < count) {
+        uint32_t len;
+        void *ck;
+        if (virtq_get(&rxq, &len, &ck) < 0) {
+            virtq_kick(&rxq);
+            if (rdtsc() - idle > (n ? hz : wait * hz))
+                break;
+            idle_wait(&rxq);
+            continue;
+        }
+        unsigned i = (unsigned)(uintptr_t)ck - 1;
+        uint8_t *f = rxbuf[i] + NET_HDR;
+        if (len >= NET_HDR + 42 && len <= BUFLEN && f[12] == 8 && f[13] == 0 && f[23] == 17 && f[14] == 0x45 &&
+            get32(f + 30) == my_ip && f[36] == 0 && f[37] == 9) {
+            idle = rdtsc();
+            if (!n)
+                t_first = idle;
+            t_last = idle;
+            n++;
+            bytes += len - NET_HDR;
+            rx_frames++;
+        } else {
+            rx_frames++;
+            if (len > NET_HDR && len <= BUFLEN)
+                frame_in(f, len - NET_HDR);
+        }
+        rx_post(i);
+    }
+    virtq_kick(&rxq);
+    note("bench_rx_frames %llu bench_rx_bytes %llu bench_ns %llu", (unsigned long long)n, (unsigned long long)bytes,
+         (unsigned long long)cycles_to_ns(t_last - t_first));
+    note("bench_rx_kicks %u notifies %u", rxq.kicks - k0, rxq.notifies - n0);
+    if (n)
+        ok("bench");
+    else
+        fail("bench", "no frame to port 9 arrived");
+}
+
 void mb_main(uint32_t magic, const struct mb_info *mi)
 {
     cl = magic == 0x2BADB002 && (mi->flags & 4) ? (const char *)(uintptr_t)mi->cmdline : 0;
     serial_init();
     kprintf("virtio_net guest\n");
     virtio_cmdline(cl);
-    char tests[64], v[32];
+    char tests[64], v[32], bmode[8];
+    int have_bench = cmdline_get(cl, "bench", bmode, sizeof bmode);
     if (!cmdline_get(cl, "tests", tests, sizeof tests))
         memcpy(tests, "dhcp,ping", 10);
     hz = tsc_calibrate_pit();
@@ -424,7 +598,7 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
     uint64_t want = FEAT(NET_F_MAC) | FEAT(NET_F_STATUS);
     if (!(cmdline_get(cl, "mrg", v, sizeof v) && v[0] == '0'))
         want |= FEAT(NET_F_MRG_RXBUF);
-    if (virtio_start(&dev, want) || virtq_setup(&dev, 0, &rxq, NRX) || virtq_setup(&dev, 1, &txq, 0)) {
+    if (virtio_start(&dev, want) || virtq_setup(&dev, 0, &rxq, have_bench && !strcmp(bmode, "rx") ? NRX_BENCH : NRX) || virtq_setup(&dev, 1, &txq, 0)) {
         fail("init", "device setup failed (status %x)", virtio_status(&dev));
         finish();
     }
@@ -435,7 +609,7 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
         static const uint8_t local[6] = { 0x02, 0x00, 0x5e, 0x10, 0x00, 0x01 };
         memcpy(mac, local, 6);
     }
-    for (unsigned i = 0; i < rxq.size && i < NRX; i++)
+    for (unsigned i = 0; i < rxq.size && i < NRX_BENCH; i++)
         rx_post(i);
     virtio_driver_ok(&dev);
     virtq_kick(&rxq);
@@ -455,6 +629,19 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
     }
     if (have_ip && list_has(tests, "ping"))
         ping();
+    if (have_bench) {
+        uint64_t count = 1000;
+        if (cmdline_get(cl, "count", v, sizeof v))
+            count = parse_u64(v, 10, 0);
+        if (!have_ip)
+            fail("bench", "no address (dhcp or ip=)");
+        else if (!strcmp(bmode, "tx"))
+            bench_tx(cmdline_get(cl, "size", v, sizeof v) ? (unsigned)parse_u64(v, 10, 0) : 1500, count);
+        else if (!strcmp(bmode, "rx"))
+            bench_rx(count);
+        else
+            fail("bench", "unknown bench mode \"%s\" (tx, rx)", bmode);
+    }
     uint64_t serve = 0;
     if (cmdline_get(cl, "serve", v, sizeof v))
         serve = parse_u64(v, 10, 0);
