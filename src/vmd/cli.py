@@ -135,27 +135,30 @@ def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool) -> int:
             if machine_holder[0].request_shutdown():
                 logging.getLogger("vmd").info("%s: SIGTERM: asked the guest to power off", spec.name)
                 return
+        interrupted.append(number)
         if machine_holder:
             machine_holder[0].stop(f"stopped by {signal.Signals(number).name}")
-        raise KeyboardInterrupt
 
+    interrupted: list[int] = []  # signals that asked to stop; a handler never raises, so close() is never cut short
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     restarts: list[float] = []
     try:
         while True:
+            if interrupted:
+                return EXIT_INTERRUPTED
             machine = Machine(spec, console)
             machine_holder[:] = [machine]
+            if interrupted:  # a signal came while the machine was being built
+                machine.stop("interrupted")
             logging.getLogger("vmd").info("%s: started (%s boot, %s run loop)", spec.name, machine.plan.kind,
                                           machine.run_loop_name)
             try:
                 outcome = machine.run()
-            except KeyboardInterrupt:
-                machine.stop("interrupted")
-                machine.close()
-                return EXIT_INTERRUPTED
             finally:
                 machine_holder.clear()
-            machine.close()
+                machine.close()
+            if interrupted and outcome.kind == "stopped":
+                return EXIT_INTERRUPTED
             if outcome.kind == "reboot" and not no_reboot:
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]

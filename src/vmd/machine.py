@@ -326,7 +326,7 @@ class Machine:
         if self.spec.boot_device == "disk" and self.disk_slots:  # SeaBIOS boot order, as vmd's fw_cfg.c
             self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.disk_slots[0]:x}\nHALT\0".encode())
         elif self.spec.boot_device == "cdrom" and self.cdrom_slot is not None:
-            self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.cdrom_slot:x}/*@0/*@0,40000100\nHALT\0".encode())
+            self.fw_cfg.add_file("bootorder", f"/pci@i0cf8/*@{self.cdrom_slot:x}/*@0/*@0,0\nHALT\0".encode())
         for key, data in self.plan.fw_cfg_items.items():
             self.fw_cfg.add_item(key, data)
         for path in self.spec.option_roms:

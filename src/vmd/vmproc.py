@@ -1,7 +1,8 @@
 """The VM process: one per running VM, fork+exec'd by vmd as `vmd: vm/<name>`.
 
 It receives, over a SOCK_SEQPACKET socketpair on the fd named in argv, one JSON message describing the VM
-with the file descriptors it needs (SCM_RIGHTS): the console pty's master side, the kernel and the initrd.
+with the file descriptors it needs (SCM_RIGHTS): the console pty's master side, the kernel and the initrd, each
+disk and its backing files, the CD-ROM image and the taps.
 It builds the machine while still root (/dev/kvm, guest memory), then drops to the unprivileged user vmd
 names, with no new privileges, and runs the guest. It holds nothing but what it was handed.
 
@@ -67,6 +68,7 @@ def _empty_root() -> str | None:
     except OSError:
         return None
     if info.st_uid != 0 or info.st_mode & 0o022 or os.listdir(EMPTY_ROOT):
+        log.warning("%s is not an empty root-owned directory: the VM process is not locked into it", EMPTY_ROOT)
         return None
     return EMPTY_ROOT
 
@@ -115,8 +117,8 @@ def _commands(sock: socket.socket, machine: Machine) -> None:
         elif command == "unpause":
             machine.unpause()
         elif command == "shutdown":
-            # Ask the guest through the ACPI power button; a guest that does not listen for it (no ACPI
-            # driver, or still in the BIOS) cannot be asked, and vmd's VM process then exits at once.
+            # Ask the guest through vmmci (OpenBSD) or the ACPI power button; a guest that listens to neither
+            # (no driver, or still in the BIOS) cannot be asked, and vmd's VM process then exits at once.
             if not machine.request_shutdown():
                 machine.stop("shutdown requested")
         elif command == "terminate":

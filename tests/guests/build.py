@@ -72,6 +72,9 @@ GUESTS: dict[str, dict] = {
     # bzImage (64-bit entry) the way vmd does, so those entry paths can be checked
     "vmdshim": dict(kind="elf", arch=32, ld="shim32.ld", out="vmdshim.elf",
                     src=LIB32 + ["lib/mbstart.S", "src/vmdshim_enter.S", "src/vmdshim.c"]),
+    # an MBR boot sector for SeaBIOS to start from a virtio-blk disk (README: "bootsector")
+    "bootsector": dict(kind="bin", arch=16, ld="bootsector.ld", out="bootsector.bin",
+                       src=["src/bootsector.S"]),
     # virtio guests: drive virtio-pci devices through lib/virtio.c (README: "virtio guests")
     "virtio_blk": dict(kind="elf", arch=32, ld="flat32.ld", out="virtio_blk.elf",
                        src=LIB32 + ["lib/mbstart.S", "lib/virtio.c", "src/virtio_blk.c"]),
