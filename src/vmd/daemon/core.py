@@ -600,25 +600,21 @@ class Daemon:
         entry.stop_waiters.append(_Waiter())
 
     def cmd_pause(self, client: Client, request: dict[str, Any]) -> None:
-        entry = self._target(request)
-        if not entry.permitted(client.peer):
-            raise RequestError.from_errno(errno.EPERM)
-        if entry.state != RUNNING or entry.process is None:
-            raise RequestError.from_errno(errno.EINVAL)
-        entry.process.send("pause")
-        entry.state = PAUSED
-        log.info("paused vm %d successfully", entry.id)
-        client.respond({"id": entry.id})
+        self._pause(client, request, pause=True)
 
     def cmd_unpause(self, client: Client, request: dict[str, Any]) -> None:
+        self._pause(client, request, pause=False)
+
+    def _pause(self, client: Client, request: dict[str, Any], pause: bool) -> None:
+        """pause_vm / unpause_vm: the VM process stops or restarts its vCPUs."""
         entry = self._target(request)
         if not entry.permitted(client.peer):
             raise RequestError.from_errno(errno.EPERM)
-        if entry.state != PAUSED or entry.process is None:
+        if entry.state != (RUNNING if pause else PAUSED) or entry.process is None:
             raise RequestError.from_errno(errno.EINVAL)
-        entry.process.send("unpause")
-        entry.state = RUNNING
-        log.info("unpaused vm %d successfully.", entry.id)
+        entry.process.send("pause" if pause else "unpause")
+        entry.state = PAUSED if pause else RUNNING
+        log.info("%s vm %d successfully", "paused" if pause else "unpaused", entry.id)
         client.respond({"id": entry.id})
 
     # -- root-only ------------------------------------------------------------------------------------

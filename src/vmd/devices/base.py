@@ -190,14 +190,7 @@ class ThreadScheduler:
                 timer.callback()
 
 
-class _ManualTimer:
-    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
-        self.deadline = deadline
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
+_ManualTimer = _ThreadTimer  # the same cancellable deadline, kept by the manual clock
 
 
 class ManualScheduler:

@@ -9,13 +9,13 @@ every write submitted before it has completed and the image has been synced to s
 from __future__ import annotations
 
 import logging
-import queue as queue_module
 import struct
 import threading
 from typing import Any
 
 from vmd.devices.virtio.pci import VirtioDevice
 from vmd.devices.virtio.queue import Chain, QueueError, Virtqueue, copy_into, split_views, tail_views
+from vmd.devices.virtio.workers import RequestWorkers
 
 log = logging.getLogger("vmd.virtio.blk")
 
@@ -62,11 +62,7 @@ class VirtioBlk(VirtioDevice):
         self.device_features = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES
         if self.read_only:
             self.device_features = (self.device_features | F_RO) & ~(F_DISCARD | F_WRITE_ZEROES)
-        # A plain queue and long-lived workers: cheaper per request than concurrent.futures.
-        self._requests: queue_module.SimpleQueue[tuple[Virtqueue, Chain, int, int] | None] = queue_module.SimpleQueue()
-        self._workers = [threading.Thread(target=self._work, name=f"vioblk-{i}", daemon=True) for i in range(workers)]
-        for worker in self._workers:
-            worker.start()
+        self._workers = RequestWorkers("vioblk", workers)
         self._generation = 0  # bumped on reset: completions of an older generation are dropped
         self._order = threading.Condition()
         self._submitted = 0  # requests handed to workers, in order
@@ -94,11 +90,7 @@ class VirtioBlk(VirtioDevice):
             with self._order:
                 self._submitted += 1
                 ticket = self._submitted
-            self._requests.put((queue, chain, ticket, generation))
-
-    def _work(self) -> None:
-        while (request := self._requests.get()) is not None:
-            self._serve(*request)
+            self._workers.submit(self._serve, queue, chain, ticket, generation)
 
     def _serve(self, queue: Virtqueue, chain: Chain, ticket: int, generation: int) -> None:
         try:
@@ -195,10 +187,7 @@ class VirtioBlk(VirtioDevice):
 
     def close(self) -> None:
         self._generation += 1
-        for _ in self._workers:
-            self._requests.put(None)
-        for worker in self._workers:
-            worker.join()
+        self._workers.close()
         try:
             self.image.flush()
         except OSError:

@@ -24,11 +24,11 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmd.devices.virtio.pci import VirtioDevice
 from vmd.devices.virtio.queue import Chain, QueueError, Virtqueue, copy_into, split_views
+from vmd.devices.virtio.workers import RequestWorkers
 from vmd.disk.image import DiskImage
 
 log = logging.getLogger("vmd.virtio.scsi")
@@ -218,7 +218,7 @@ class VirtioScsiCdrom(VirtioDevice):
         self.image = image
         self.blocks = image.size // BLOCK if image is not None else 0
         self.serial = serial.encode("ascii", "replace")[:32]
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vioscsi")
+        self._pool = RequestWorkers("vioscsi", max(1, workers))
         self._state = threading.Lock()
         self._order = threading.Condition()
         self._submitted = 0
@@ -649,6 +649,6 @@ class VirtioScsiCdrom(VirtioDevice):
 
     def close(self) -> None:
         self._generation += 1
-        self._pool.shutdown(wait=True)
+        self._pool.close()
         if self.image is not None:
             self.image.close()
