@@ -500,3 +500,16 @@ def test_sigterm_stops_every_vm_and_exits(tmp_path: Path, guests: dict[str, Path
     assert not os.path.exists(daemon.socket)
 
 
+
+
+def test_vmctl_console_talks_to_the_guest(vmd: Vmd) -> None:
+    assert vmd.vmctl("start", "rootvm").returncode == 0
+    vmd.wait_state("rootvm", "running")
+    # stdin is not a terminal here: vmctl console sends it, then shows the output until the line is quiet
+    result = vmd.vmctl("console", "rootvm", input="\recho through vmctl console\r", timeout=60)
+    assert result.returncode == 0, result
+    assert "through vmctl console" in result.stdout
+    assert "vmd-demo# " in result.stdout
+    missing = vmd.vmctl("console", "nosuchvm")
+    assert missing.returncode == 1 and missing.stderr.strip() == "vmctl: console not found"
+    vmd.vmctl("stop", "-f", "-w", "rootvm")

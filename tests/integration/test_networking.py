@@ -163,3 +163,32 @@ vm "client" {{
         vmd.vmctl("stop", "-a", "-f", "-w")
         vmd.stop()
     assert "vmdtbr0" not in _links(netns)  # vmd created the bridge, so it removed it on exit
+
+
+def test_taps_go_away_when_the_vm_process_is_killed(netns: str, guests: dict[str, Path]) -> None:
+    import signal
+
+    guest = guests["virtio_net"]
+    vmd = NetVmd(netns, f"""vm "crashy" {{
+    disable
+    memory 32M
+    boot "{guest}"
+    append "tests=dhcp serve=30 irq=msix"
+    local interface
+    interface
+}}
+""")
+    try:
+        assert vmd.vmctl("start", "crashy").returncode == 0
+        taps = [name for name, link in _links(netns).items() if str(link.get("ifalias", "")).endswith("-crashy")]
+        assert sorted(str(_links(netns)[t]["ifalias"]) for t in taps) == ["vm1-if0-crashy", "vm1-if1-crashy"]
+        pid = int(str(vmd.status()["crashy"]["pid"]))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while vmd.status().get("crashy", {}).get("state") != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert vmd.status()["crashy"]["state"] == "stopped"
+        assert not set(taps) & set(_links(netns)), _links(netns)
+        assert vmd.process.poll() is None  # vmd itself runs on
+    finally:
+        vmd.stop()
