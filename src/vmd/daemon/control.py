@@ -16,6 +16,7 @@ from vmd.daemon.permissions import Peer
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 65536
+MAX_PENDING_OUTPUT = 1 << 20  # answers a client has not read: past this, vmd reads no more requests from it
 BACKLOG = 128
 
 log = logging.getLogger("vmd.control")
@@ -46,6 +47,7 @@ class Client:
         self.outbuf = bytearray()
         self.closed = False
         self.busy = False  # a request is being served; the next waits (one at a time, as the protocol says)
+        self.serving = False  # inside _serve_pending (answers queued meanwhile must not recurse into it)
 
     def respond(self, payload: dict[str, Any]) -> None:
         if self.closed:
@@ -114,9 +116,17 @@ class ControlServer:
         if client.closed:
             return
         self._flush(client)
-        if client.outbuf and not client.closed:
-            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                 lambda m, c=client: self._ready(c, m))
+        self._update_events(client)
+
+    def _update_events(self, client: Client) -> None:
+        """Read requests unless too many answers are unread; wait to write while answers are queued."""
+        if client.closed:
+            return
+        events = selectors.EVENT_READ if len(client.outbuf) < MAX_PENDING_OUTPUT else 0
+        if client.outbuf:
+            events |= selectors.EVENT_WRITE
+        if self.selector.get_key(client.sock).events != events:
+            self.selector.modify(client.sock, events, lambda m, c=client: self._ready(c, m))
 
     def _flush(self, client: Client) -> None:
         while client.outbuf:
@@ -132,9 +142,9 @@ class ControlServer:
     def _ready(self, client: Client, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._flush(client)
-            if not client.outbuf and not client.closed:
-                self.selector.modify(client.sock, selectors.EVENT_READ, lambda m, c=client: self._ready(c, m))
-        if mask & selectors.EVENT_READ and not client.closed:
+            self._update_events(client)
+            self._serve_pending(client)
+        if mask & selectors.EVENT_READ and not client.closed and len(client.outbuf) < MAX_PENDING_OUTPUT:
             try:
                 data = client.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -152,13 +162,20 @@ class ControlServer:
             self._serve_pending(client)
 
     def _serve_pending(self, client: Client) -> None:
-        while not client.busy and not client.closed and b"\n" in client.inbuf:
-            line, _, rest = bytes(client.inbuf).partition(b"\n")
-            client.inbuf = bytearray(rest)
-            if len(line) > MAX_LINE:
-                self.close(client)
-                return
-            self._handle_line(client, line)
+        if client.serving:  # an answer queued while serving: the loop below goes on with the next request
+            return
+        client.serving = True
+        try:
+            while (not client.busy and not client.closed and len(client.outbuf) < MAX_PENDING_OUTPUT
+                   and b"\n" in client.inbuf):
+                line, _, rest = bytes(client.inbuf).partition(b"\n")
+                client.inbuf = bytearray(rest)
+                if len(line) > MAX_LINE:
+                    self.close(client)
+                    return
+                self._handle_line(client, line)
+        finally:
+            client.serving = False
 
     def _handle_line(self, client: Client, line: bytes) -> None:
         try:
