@@ -211,7 +211,10 @@ class Daemon:
         overrides = {key: request[key] for key in ("kernel", "initrd", "append", "memory", "vcpus", "cpu", "disks",
                                                    "cdrom", "boot_device", "nics", "switches", "local_nics")
                      if request.get(key) not in (None, [], 0, "")}
+        _check_start_fields(overrides)
         parent_name = request.get("instance_of")
+        if parent_name is not None and not isinstance(parent_name, str):
+            raise RequestError("EINVAL", "invalid field instance_of")
         entry = self.registry.find(target)
         if parent_name:
             entry = self._make_instance(peer, str(target), str(parent_name), overrides)
@@ -725,6 +728,29 @@ class Daemon:
             for key, mask in self.selector.select(timeout):
                 key.data(mask)
         self.control.shutdown()
+
+
+def _check_start_fields(fields: dict[str, Any]) -> None:
+    """The types docs/protocol.md gives start's fields: anything else is EINVAL, before vmd acts on it."""
+    def invalid(key: str) -> RequestError:
+        return RequestError("EINVAL", f"invalid field {key}")
+
+    for key, value in fields.items():
+        if key in ("kernel", "initrd", "append", "cpu", "cdrom"):
+            ok = isinstance(value, str)
+        elif key in ("memory", "vcpus", "nics", "local_nics"):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif key == "boot_device":
+            ok = value in ("disk", "cdrom", "net")
+        elif key == "switches":
+            ok = isinstance(value, list) and all(isinstance(name, str) and name for name in value)
+        else:  # disks
+            ok = isinstance(value, list) and all(
+                isinstance(disk, dict) and isinstance(disk.get("path"), str)
+                and disk.get("format") in (None, "raw", "qcow2")
+                and isinstance(disk.get("read_only", False), bool) for disk in value)
+        if not ok:
+            raise invalid(key)
 
 
 class ConfigError(Exception):
