@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmd.daemon.control import Client, ControlServer, RequestError
-from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access
+from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
 from vmd.daemon.registry import (
     DEFAULT_MEMORY,
     PAUSED,
@@ -36,7 +36,8 @@ log = logging.getLogger("vmd")
 
 RESTART_LIMIT = 3  # VM_START_RATE_LIMIT: a 3rd restart each within 6 s is refused
 RESTART_WINDOW = 6.0  # VM_START_RATE_SEC
-STOP_TIMEOUT = 30.0  # graceful shutdown before force
+STOP_TIMEOUT = 30.0  # vmd's own shutdown (SIGTERM): how long VMs get before they are forced
+STOP_REQUEST_TIMEOUT = 125.0  # vmctl stop: past vmmci's 120 s for a guest that acknowledged, then force
 MAX_DISKS = 4
 MAX_NICS = 4
 MEMORY_MIN = 1 << 20
@@ -309,7 +310,9 @@ class Daemon:
             for key, path in (("kernel", kernel), ("initrd", definition.initrd)):
                 if path:
                     try:
-                        files[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                        files[key] = open_checked(path, peer)
+                    except AccessDenied as error:
+                        raise RequestError("EACCES", str(error)) from None
                     except OSError as error:
                         raise RequestError.from_errno(error.errno or errno.EIO,
                                                       f"can't open {key} {path}: {error.strerror}") from None
@@ -328,8 +331,7 @@ class Daemon:
             if definition.cdrom:
                 path = definition.cdrom
                 try:
-                    check_file_access(path, peer)
-                    files["cdrom"] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    files["cdrom"] = open_checked(path, peer)
                 except AccessDenied as error:
                     code = VMD_CDROM_INVALID if "regular" in str(error) else VMD_CDROM_MISSING
                     raise RequestError("ENOENT", str(error), code=code) from None
@@ -384,10 +386,9 @@ class Daemon:
 
         def opener(file: str, writable: bool) -> int:
             try:
-                check_file_access(file, peer, write=writable)
+                fd = open_checked(file, peer, write=writable)
             except AccessDenied as error:
                 raise PermissionError(errno.EACCES, str(error)) from None
-            fd = os.open(file, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
             opened[file] = os.dup(fd)
             return fd
 
@@ -583,7 +584,7 @@ class Daemon:
         else:
             entry.process.send("shutdown")
             process = entry.process
-            entry.stop_timer = self.call_later(STOP_TIMEOUT, process.kill)
+            entry.stop_timer = self.call_later(STOP_REQUEST_TIMEOUT, process.kill)
         return "requested"
 
     def cmd_wait(self, client: Client, request: dict[str, Any]) -> None:
