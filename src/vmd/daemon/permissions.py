@@ -82,6 +82,27 @@ def check_file_access(path: str, peer: Peer, write: bool = False) -> None:
         info = os.stat(path)
     except OSError as error:
         raise AccessDenied(f"{path}: {error.strerror}") from None
+    _check_info(info, path, peer, write)
+
+
+def open_checked(path: str, peer: Peer, write: bool = False) -> int:
+    """Open path for vmd's use on behalf of peer, checking the very file it opens (vmd opens, then fstats).
+
+    The path is resolved once, with O_PATH (which neither opens a device nor blocks on a FIFO); that inode is
+    checked as check_file_access does, then reopened through /proc/self/fd. A symlink the user swaps after
+    the check cannot point vmd, running as root, at another file."""
+    try:
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as error:
+        raise AccessDenied(f"{path}: {error.strerror}") from None
+    try:
+        _check_info(os.fstat(handle), path, peer, write)
+        return os.open(f"/proc/self/fd/{handle}", (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY)
+    finally:
+        os.close(handle)
+
+
+def _check_info(info: os.stat_result, path: str, peer: Peer, write: bool) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise AccessDenied(f"{path}: not a regular file")
     if peer.is_root:
