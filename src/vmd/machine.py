@@ -210,6 +210,7 @@ class Machine:
         kernel = spec.kernel or default_firmware()
         self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
             cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device,
+            boot_mac=bytes.fromhex(spec.nics[0].mac.replace(":", "")) if spec.nics else None,
             rsdp=acpi.RSDP_ADDRESS))
         if self.plan.firmware is not None:
             rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")

@@ -361,3 +361,22 @@ def test_fuzz_mutated_elf(tmp_path: Path, mem: GuestMemory, seed: bytes, edits: 
             load_kernel(path, mem, BootOptions())
         except BootError as error:
             assert str(error).startswith(path + ": ")
+
+
+def test_openbsd_bootargs_carry_the_boot_mac_for_net_boot() -> None:
+    from vmd.boot.elf import BOOTARG_BOOTMAC, BOOTARG_END, openbsd_bootargs
+    from vmd.memory import E820Entry
+
+    plain = openbsd_bootargs([E820Entry(0, 0xA0000, 1)])
+    with_mac = openbsd_bootargs([E820Entry(0, 0xA0000, 1)], bytes.fromhex("fee1bbd10203"))
+    records = []
+    offset = 0
+    while True:
+        kind = int.from_bytes(with_mac[offset : offset + 4], "little")
+        if kind == BOOTARG_END:
+            break
+        size = int.from_bytes(with_mac[offset + 4 : offset + 8], "little")
+        records.append((kind, with_mac[offset + 12 : offset + size]))
+        offset += size
+    assert records[-1] == (BOOTARG_BOOTMAC, bytes.fromhex("fee1bbd10203") + b"\0\0")
+    assert len(with_mac) == len(plain) + 20

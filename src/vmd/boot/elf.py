@@ -221,6 +221,7 @@ def _load_segments(image: ElfImage, mem: GuestMemory, address_mask: int | None) 
 OPENBSD_ADDRESS_MASK = 0x0FFF_FFFF  # loadfile.h LOADADDR with a zero offset, as vmd uses it
 BOOTARG_MEMMAP = 0
 BOOTARG_CONSDEV = 5
+BOOTARG_BOOTMAC = 7  # biosvar.h: bios_bootmac_t, the MAC of the interface booted from
 BOOTARG_END = 0xFFFF_FFFF
 BOOTARG_APIVER = 0x0E  # BAPIV_VECTOR | BAPIV_ENV | BAPIV_BMEMMAP
 BIOS_MAP_END = 0
@@ -252,13 +253,17 @@ def openbsd_howto(cmdline: str) -> int:
     return howto
 
 
-def openbsd_bootargs(e820: list[E820Entry]) -> bytes:
-    """The boot arguments: {type, size, next size, data} records, then BOOTARG_END (vmd push_bootargs)."""
+def openbsd_bootargs(e820: list[E820Entry], boot_mac: bytes | None = None) -> bytes:
+    """The boot arguments: {type, size, next size, data} records, then BOOTARG_END (vmd push_bootargs).
+    boot_mac adds BOOTARG_BOOTMAC (vmd does for `boot device net`), padded to whole words."""
     memmap = b"".join(BIOS_MEMMAP.pack(e.address, e.size, e.type) for e in e820)
     memmap += BIOS_MEMMAP.pack(0, 0, BIOS_MAP_END)
     records = b""
     consdev = BIOS_CONSDEV.pack(COM0_DEV, COM0_SPEED, COM0_ADDRESS, 0, 0, 0, 0)
-    for kind, payload in ((BOOTARG_MEMMAP, memmap), (BOOTARG_CONSDEV, consdev)):
+    args = [(BOOTARG_MEMMAP, memmap), (BOOTARG_CONSDEV, consdev)]
+    if boot_mac is not None:
+        args.append((BOOTARG_BOOTMAC, bytes(boot_mac[:6]).ljust(8, b"\0")))
+    for kind, payload in args:
         size = 12 + len(payload)
         records += struct.pack("<III", kind, size, size) + payload
     return records + struct.pack("<I", BOOTARG_END)
@@ -339,7 +344,7 @@ def load_openbsd(image: ElfImage, mem: GuestMemory, options: BootOptions) -> Boo
             mem.write(address, os.urandom(segment.filesz))
     end = _copy_symbols(image, mem, kernel_end)
     e820 = mem.e820()
-    bootargs = openbsd_bootargs(e820)
+    bootargs = openbsd_bootargs(e820, options.boot_mac if options.boot_device == "net" else None)
     if len(bootargs) > PAGE_SIZE:
         raise BadImage("boot arguments do not fit in one page")
     mem.write(BOOTARGS_PAGE, bootargs + bytes(PAGE_SIZE - len(bootargs)))

@@ -144,6 +144,7 @@ class BootOptions:
     vcpus: int = 1
     boot_device: str | None = None  # None, "disk", "cdrom", "net" (vmctl -B)
     rsdp: int = 0  # ACPI RSDP address the machine writes for a direct boot (0: no ACPI tables)
+    boot_mac: bytes | None = None  # `boot device net`: the first NIC's MAC, for OpenBSD's BOOTARG_BOOTMAC
 
 
 @dataclass
