@@ -36,6 +36,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    if os.geteuid() != 0:
+        pytest.skip("the control socket is chowned to root")
     daemon = Daemon(str(tmp_path / "vmd.sock"), str(tmp_path / "vm.conf"), lambda path: ([], core.Settings()))
     yield daemon
     daemon.control.shutdown()
@@ -85,3 +87,19 @@ def test_open_checked_neither_blocks_on_a_fifo_nor_opens_a_device(files: dict[st
         for peer in (USER, Peer(0, 0, 0, frozenset({0}))):
             with pytest.raises(AccessDenied, match="not a regular file"):
                 open_checked(path, peer)
+
+
+def test_a_vm_restarted_without_a_client_is_checked_as_its_user_not_group_root(daemon: Daemon,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest reboot (or autostart) re-opens the VM's files for run_uid: with that user's groups, not gid 0."""
+    seen: list[Peer] = []
+
+    def capture(definition: object, peer: Peer) -> None:
+        seen.append(peer)
+        raise RequestError("EINVAL", "stop here")
+
+    monkeypatch.setattr(daemon, "_validate", capture)
+    entry = daemon.registry.add(core.VmDefinition(name="vm", kernel="/nonexistent"), configured=True, uid=USER.uid)
+    with pytest.raises(RequestError):
+        daemon.start_entry(entry, USER.uid)
+    assert seen and seen[0].uid == USER.uid and 0 not in seen[0].groups

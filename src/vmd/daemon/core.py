@@ -301,7 +301,7 @@ class Daemon:
         """config_setvm + vmm start: open what the VM needs, fork+exec its process."""
         now = time.monotonic()
         definition = entry.definition
-        peer = Peer.lookup(run_uid, 0, 0) if client is None else client.peer
+        peer = _user_peer(run_uid) if client is None else client.peer
         self._validate(definition, peer)
         kernel = entry.kernel_override or definition.kernel
         entry.kernel_override = None
@@ -729,6 +729,15 @@ class Daemon:
             for key, mask in self.selector.select(timeout):
                 key.data(mask)
         self.control.shutdown()
+
+
+def _user_peer(uid: int) -> Peer:
+    """The user a VM runs for, when no client asks (autostart, guest reboot): its own groups, not root's group."""
+    try:
+        gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return Peer(uid, -1, 0, frozenset())
+    return Peer.lookup(uid, gid, 0)
 
 
 def _check_start_fields(fields: dict[str, Any]) -> None:
