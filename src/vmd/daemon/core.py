@@ -159,6 +159,8 @@ class Daemon:
                     self.start_entry(entry, entry.definition.owner.uid or 0)
                 except RequestError as error:
                     log.warning("%s: failed to start vm: %s", entry.name, error.message)
+                except Exception as error:  # OSError from pty, fork or pidfd: vmd runs on
+                    log.warning("%s: failed to start vm: %s", entry.name, error)
         if self._autostart:
             self._schedule_autostart(self.settings.stagger_delay)
 
@@ -244,8 +246,11 @@ class Daemon:
         try:
             self.start_entry(entry, peer.uid if not entry.configured else (entry.definition.owner.uid or 0),
                              client=client)
-        except RequestError:
+        except Exception:
             if not entry.configured:
+                if entry.terminal is not None:
+                    entry.terminal.close()
+                    entry.terminal = None
                 self.registry.remove(entry)
             raise
 
@@ -520,6 +525,8 @@ class Daemon:
                     return
                 except RequestError as error:
                     log.warning("%s: restart failed: %s", entry.name, error.message)
+                except Exception as error:  # OSError from fork or pidfd: the VM stops, vmd runs on
+                    log.warning("%s: restart failed: %s", entry.name, error)
         self._terminated(entry)
 
     def _terminated(self, entry: VmEntry) -> None:
