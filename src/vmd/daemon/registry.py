@@ -100,6 +100,8 @@ class Registry:
     def claim_id(self, name: str, uid: int) -> int:
         key = (name, uid)
         if key not in self._claims:
+            while self._next_id in self.entries:  # after reset, a VM being killed still holds its id
+                self._next_id += 1
             self._claims[key] = self._next_id
             self._next_id += 1
         return self._claims[key]
