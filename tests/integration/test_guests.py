@@ -242,3 +242,18 @@ def test_seabios_finds_memory_through_fw_cfg_and_boots_an_option_rom(vmd_run: Ca
     # RAM from 1 MiB up to (nearly) 64 MiB: SeaBIOS keeps the top pages for the ACPI tables it installs
     match = re.search(r"^memmap 0*100000-([0-9a-f]+) type 1$", result.stdout, re.M)
     assert match and 63 * MiB <= int(match.group(1), 16) <= 64 * MiB, result.stdout
+
+
+@pytest.mark.parametrize("vcpus", [2, 4])
+def test_aps_start(vmd_run: Callable[..., Run], guests: dict[str, Path], vcpus: int) -> None:
+    # The guest sends INIT, STARTUP, STARTUP to every AP of the MP table; each AP runs a real-mode
+    # trampoline at 0x8000, switches to protected mode and checks in with its LAPIC id.
+    result = vmd_run("-m", "32M", "-p", str(vcpus), "-b", str(guests["multiboot"]), "--append", "tests=smp",
+                     f"smp{vcpus}")
+    assert_all_ok(result)
+    assert "ok smp" in result.lines, result.stdout
+    match = re.search(r"^smp cpus (\d+) started (\d+) ids (\S+)$", result.stdout, re.M)
+    assert match, result.stdout
+    assert int(match.group(1)) == vcpus
+    assert int(match.group(2)) == vcpus - 1
+    assert sorted(int(i) for i in match.group(3).split(",")) == list(range(1, vcpus))
