@@ -38,6 +38,9 @@ def users() -> Iterator[dict[str, int]]:
     """Three real users: the owner of a VM, a member of its group, and a stranger; all may use the socket."""
     if os.geteuid() != 0:
         pytest.skip("creating users needs root")
+    for directory in [ROOT, *ROOT.parents]:  # the users run vmctl from this tree
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            pytest.skip(f"{directory} is not searchable by other users, who must run vmctl from this tree")
     created_groups, created_users = [], []
     for group in (VM_GROUP, SOCKET_GROUP):
         try:

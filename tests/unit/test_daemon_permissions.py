@@ -18,10 +18,23 @@ USER = Peer(uid=54321, gid=54321, pid=0, groups=frozenset({54321}))
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
+def searchable(tmp_path: Path) -> Iterator[Path]:
+    """A directory other users can reach: vmd resolves paths with the requesting user's own credentials,
+    and pytest's temporary directories sit under a 0700 one."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vmd-perm-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def files(searchable: Path) -> dict[str, Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to make files for another user")
-    os.chmod(tmp_path, 0o755)
+    tmp_path = searchable
     mine = tmp_path / "mine.img"
     mine.write_bytes(b"user data" + bytes(503))
     os.chown(mine, USER.uid, USER.gid)
@@ -79,7 +92,8 @@ def test_open_checked_opens_the_inode_it_checked(files: dict[str, Path]) -> None
         open_checked(str(files["secret"]), USER)
 
 
-def test_open_checked_neither_blocks_on_a_fifo_nor_opens_a_device(files: dict[str, Path], tmp_path: Path) -> None:
+def test_open_checked_neither_blocks_on_a_fifo_nor_opens_a_device(files: dict[str, Path], searchable: Path) -> None:
+    tmp_path = searchable
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     os.chmod(fifo, 0o666)
@@ -103,3 +117,19 @@ def test_a_vm_restarted_without_a_client_is_checked_as_its_user_not_group_root(d
     with pytest.raises(RequestError):
         daemon.start_entry(entry, USER.uid)
     assert seen and seen[0].uid == USER.uid and 0 not in seen[0].groups
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user's credentials needs root")
+def test_a_readable_file_in_a_directory_the_user_cannot_enter_is_refused(searchable: Path) -> None:
+    locked = searchable / "private"
+    locked.mkdir(mode=0o700)
+    image = locked / "disk.img"
+    image.write_bytes(b"root's directory, world-readable file")
+    image.chmod(0o644)
+    nobody = Peer(65534, 65534, 0, frozenset({65534}))
+    with pytest.raises(AccessDenied, match="Permission denied"):
+        open_checked(str(image), nobody)
+    locked.chmod(0o711)  # searchable: now the file's own mode decides, and it is world-readable
+    fd = open_checked(str(image), nobody)
+    os.close(fd)
+    assert os.geteuid() == 0 and os.getegid() == 0  # vmd is root again afterwards

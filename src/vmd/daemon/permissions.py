@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -88,11 +90,13 @@ def check_file_access(path: str, peer: Peer, write: bool = False) -> None:
 def open_checked(path: str, peer: Peer, write: bool = False) -> int:
     """Open path for vmd's use on behalf of peer, checking the very file it opens (vmd opens, then fstats).
 
-    The path is resolved once, with O_PATH (which neither opens a device nor blocks on a FIFO); that inode is
+    The path is resolved once, with O_PATH (which neither opens a device nor blocks on a FIFO) and with the
+    peer's own user and groups, so directories the peer cannot search stay closed to it; that inode is
     checked as check_file_access does, then reopened through /proc/self/fd. A symlink the user swaps after
     the check cannot point vmd, running as root, at another file."""
     try:
-        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        with _credentials_of(peer):
+            handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as error:
         raise AccessDenied(f"{path}: {error.strerror}") from None
     try:
@@ -100,6 +104,26 @@ def open_checked(path: str, peer: Peer, write: bool = False) -> int:
         return os.open(f"/proc/self/fd/{handle}", (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY)
     finally:
         os.close(handle)
+
+
+@contextlib.contextmanager
+def _credentials_of(peer: Peer) -> Iterator[None]:
+    """Take the peer's effective user, group and groups for path resolution, as the kernel checks them.
+
+    vmd's parent is single-threaded, and set*id change every thread anyway; root's ids are restored after."""
+    if peer.is_root or os.geteuid() != 0:
+        yield
+        return
+    saved_groups = os.getgroups()
+    os.setgroups(sorted(peer.groups))
+    os.setegid(peer.gid)
+    os.seteuid(peer.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved_groups)
 
 
 def _check_info(info: os.stat_result, path: str, peer: Peer, write: bool) -> None:
