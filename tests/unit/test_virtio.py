@@ -279,3 +279,45 @@ def test_blk_read_only_refuses_writes(disk: Path) -> None:
     assert status == S_IOERR
     assert disk.read_bytes() == before
     device.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([0xE000_0000, 0xE001_0000]), st.integers(0, 0x3FFF),
+                          st.sampled_from([1, 2, 4, 8]), st.integers(0, (1 << 64) - 1), st.booleans()),
+                max_size=60))
+def test_a_guest_poking_the_bars_at_random_never_breaks_the_device_model(accesses: list[tuple[int, int, int, int,
+                                                                                               bool]]) -> None:
+    """Whatever a driver writes to or reads from the virtio BARs, no exception leaves the device model."""
+    driver = Driver(EchoDevice(), memory_size=2 * MiB)
+    try:
+        for bar, offset, size, value, write in accesses:
+            if bar == 0xE001_0000:
+                offset %= 0x1000
+            address = bar + offset
+            if write:
+                driver.platform.mmio.write(address, size, value & ((1 << (8 * size)) - 1))
+            else:
+                driver.platform.mmio.read(address, size)
+    finally:
+        driver.memory.close()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 255), st.sampled_from([1, 2, 4]), st.integers(0, 0xFFFF_FFFF)),
+                max_size=40))
+def test_random_pci_config_writes_keep_bars_and_buses_consistent(writes: list[tuple[int, int, int]]) -> None:
+    """BAR moves, decode on/off, MSI-X enable/mask from random config writes: no exception, and the MMIO bus
+    holds exactly the BARs that decode."""
+    driver = Driver(EchoDevice(), memory_size=2 * MiB)
+    try:
+        transport = driver.transport
+        for offset, size, value in writes:
+            if offset + size <= 256:
+                transport.config_write(offset, size, value & ((1 << (8 * size)) - 1))
+        for index in (0, 1):
+            address = transport.bar_mapping(index)
+            if address is not None:
+                entry = driver.platform.mmio.find(address)
+                assert entry is not None and entry[0] == address
+    finally:
+        driver.memory.close()

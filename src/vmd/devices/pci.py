@@ -16,7 +16,12 @@ Missing devices, bus > 0, function > 0 and a clear enable bit read as all ones; 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+from vmd.devices.base import Bus, BusError
+
+log = logging.getLogger("vmd.pci")
 
 # Configuration header offsets (PCI 3.0, 6.1)
 VENDOR_ID = 0x00
@@ -94,6 +99,7 @@ class PciDevice:
         self._next_cap = CAP_START
         self._last_cap = 0
         self._mapped: dict[int, int | None] = {}
+        self._placed: dict[int, int] = {}  # BAR index -> where place_bar put its handlers
         self.set_u16(VENDOR_ID, vendor_id)
         self.set_u16(DEVICE_ID, device_id)
         self.config[REVISION_ID] = revision & 0xFF
@@ -196,6 +202,25 @@ class PciDevice:
 
     def bar_changed(self, index: int, old: int | None, new: int | None) -> None:
         """Called when BAR index starts, stops or moves decoding (old/new from bar_mapping). Override."""
+
+    def place_bar(self, bus: Bus, index: int, new: int | None, read: Callable[[int, int], int],
+                  write: Callable[[int, int, int], None]) -> bool:
+        """Move BAR index's handlers on bus to new (None: off). A guest may program a BAR over another
+        device's: that BAR then decodes nothing (as on a real bus, where the result is undefined) rather than
+        failing the VM. Returns whether the BAR is now mapped."""
+        placed = self._placed.pop(index, None)
+        if placed is not None:
+            bus.remove(placed)
+        if new is None:
+            return False
+        try:
+            bus.add(new, self.bars[index].size, read, write)
+        except BusError:
+            log.warning("PCI %04x:%04x BAR %d at %#x overlaps another device: left unmapped",
+                        self.get(VENDOR_ID, 2), self.get(DEVICE_ID, 2), index, new)
+            return False
+        self._placed[index] = new
+        return True
 
     def _check_bars(self) -> None:
         for index in self.bars:

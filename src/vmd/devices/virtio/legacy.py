@@ -144,12 +144,8 @@ class LegacyVirtioPci(PciDevice):
         if index != 0:
             return
         self._port = new
-        if self.pio is None:
-            return
-        if old is not None:
-            self.pio.remove(old)
-        if new is not None:
-            self.pio.add(new, self.bar_size, self.pio_read, self.pio_write)
+        if self.pio is not None and not self.place_bar(self.pio, 0, new, self.pio_read, self.pio_write):
+            self._port = None
 
     @property
     def port(self) -> int | None:

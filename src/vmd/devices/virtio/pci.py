@@ -179,22 +179,19 @@ class VirtioPciTransport(PciDevice):
     # -- BAR placement --------------------------------------------------------------------------------
     def bar_changed(self, index: int, old: int | None, new: int | None) -> None:
         mmio = self.platform.mmio
-        if old is not None:
-            mmio.remove(old)
         if index == 0:
             for handle in self._doorbells:
                 self.platform.remove_doorbell(handle)
             self._doorbells = []
             self._bar0 = new
-            if new is not None:
-                mmio.add(new, BAR_SIZE, self._bar0_read, self._bar0_write)
+            if self.place_bar(mmio, 0, new, self._bar0_read, self._bar0_write):
+                assert new is not None
                 for queue in self.queues:
                     address = new + NOTIFY_OFFSET + NOTIFY_MULTIPLIER * queue.index
                     self._doorbells.append(self.platform.add_doorbell(address, 2, False, self._kicker(queue)))
         elif index == 1:
             self._bar1 = new
-            if new is not None:
-                mmio.add(new, MSIX_BAR_SIZE, self._msix_read, self._msix_write)
+            self.place_bar(mmio, 1, new, self._msix_read, self._msix_write)
 
     # -- BAR 0: common configuration, ISR, device configuration, notifications ------------------------
     def _bar0_read(self, offset: int, size: int) -> int:
