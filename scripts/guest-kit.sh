@@ -18,19 +18,45 @@ image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {prin
 dpkg-deb -x "$work"/linux-image-*.deb "$work/kernel"
 cp "$work"/kernel/boot/vmlinuz-* vmlinuz
 
-# A busybox initramfs whose /init mounts the usual file systems and gives a shell on the console.
+# A busybox initramfs whose /init loads the virtio drivers (modules in Debian's kernel), mounts the usual
+# file systems and the first disk, and gives a shell on the console.
 root="$work/initramfs"
-mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/mnt"
+mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/mnt" "$root/lib/modules"
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount umount poweroff reboot ls cat echo dmesg ip mkdir uname sleep; do
+for applet in sh mount umount poweroff reboot ls cat echo dmesg ip mkdir uname sleep insmod udhcpc ifconfig route; do
 	ln -s busybox "$root/bin/$applet"
 done
+# The modules vmd's devices need, with what they depend on (from each module's own "depends=" field:
+# the package ships no modules.dep), in load order.
+python3 - "$work/kernel" "$root/lib/modules" <<'PY'
+import pathlib, re, shutil, sys
+kernel, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+files = {p.name.split(".ko")[0].replace("-", "_"): p for p in kernel.glob("lib/modules/*/kernel/**/*.ko*")}
+wanted = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng", "sr_mod", "sd_mod", "ext4"]
+order, seen = [], set()
+def visit(name):
+    name = name.replace("-", "_")
+    if name in seen or name not in files:
+        return
+    seen.add(name)
+    match = re.search(rb"depends=([^\0]*)", files[name].read_bytes())
+    for dep in (match.group(1).decode().split(",") if match and match.group(1) else []):
+        visit(dep)
+    order.append(name)
+for name in wanted:
+    visit(name)
+for name in order:
+    shutil.copy(files[name], target / files[name].name)
+(target / "order").write_text("".join(files[n].name + "\n" for n in order))
+PY
 cat > "$root/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo "vmd guest kit: $(uname -sr), $(cat /proc/meminfo | head -1)"
+while read module; do insmod "/lib/modules/$module" 2>/dev/null; done < /lib/modules/order
+echo "vmd guest kit: $(uname -sr), $(head -1 /proc/meminfo)"
+sleep 1
 [ -b /dev/vda ] && mount /dev/vda /mnt && echo "vmd guest kit: /dev/vda mounted on /mnt"
 exec sh
 INIT
