@@ -232,7 +232,7 @@ def test_start_request(vmd: Callable[[Handler], FakeVmd], capsys: pytest.Capture
         "disks": [{"path": f"{t}/a.img", "format": None}, {"path": f"{t}/b.qcow2", "format": "qcow2"},
                   {"path": f"{t}/c", "format": "raw"}, {"path": f"{t}/d", "format": "qcow2"}],
         "cdrom": f"{t}/install.iso", "boot_device": "cdrom", "nics": 3, "switches": ["uplink"],
-        "local_nics": 2,
+        "local_nics": 2, "networks": ["uplink", ".", "."],
     }]
 
 

@@ -424,6 +424,7 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
         "nics": a.nifs if a.nifs != -1 else None,
         "switches": [n for n in a.nets if n != "."] or None,
         "local_nics": a.nets.count(".") or None,
+        "networks": list(a.nets) or None,  # the same, in command-line order (docs/protocol.md)
         "instance_of": a.instance,
     }
     resp = ctx.client().request("start", **request)

@@ -107,8 +107,12 @@ def instance_definition(parent: VmDefinition, name: str, overrides: dict[str, An
     request.cdrom = overrides.get("cdrom")
     request.boot_device = overrides.get("boot_device")
     request.disks = [DiskSpec(d["path"], d.get("format") or "raw") for d in overrides.get("disks", [])]
-    interfaces = [InterfaceSpec(switch=s) for s in overrides.get("switches", [])]
-    interfaces += [InterfaceSpec(local=True) for _ in range(int(overrides.get("local_nics", 0)))]
+    if overrides.get("networks"):  # -L and -n in the order the user gave them
+        interfaces = [InterfaceSpec(local=True) if name == "." else InterfaceSpec(switch=name)
+                      for name in overrides["networks"]]
+    else:
+        interfaces = [InterfaceSpec(switch=s) for s in overrides.get("switches", [])]
+        interfaces += [InterfaceSpec(local=True) for _ in range(int(overrides.get("local_nics", 0)))]
     plain = int(overrides.get("nics", 0)) - len(interfaces)  # -i counts every NIC, as vmctl(8) says
     interfaces += [InterfaceSpec() for _ in range(max(0, plain))]
     request.interfaces = interfaces

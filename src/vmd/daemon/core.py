@@ -212,7 +212,8 @@ class Daemon:
         if not isinstance(target, (str, int)) or isinstance(target, bool) or target == "":
             raise RequestError("EINVAL", "missing or invalid target")
         overrides = {key: request[key] for key in ("kernel", "initrd", "append", "memory", "vcpus", "cpu", "disks",
-                                                   "cdrom", "boot_device", "nics", "switches", "local_nics")
+                                                   "cdrom", "boot_device", "nics", "switches", "local_nics",
+                                                   "networks")
                      if request.get(key) not in (None, [], 0, "")}
         _check_start_fields(overrides)
         parent_name = request.get("instance_of")
@@ -759,7 +760,7 @@ def _check_start_fields(fields: dict[str, Any]) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         elif key == "boot_device":
             ok = value in ("disk", "cdrom", "net")
-        elif key == "switches":
+        elif key in ("switches", "networks"):
             ok = isinstance(value, list) and all(isinstance(name, str) and name for name in value)
         else:  # disks
             ok = isinstance(value, list) and all(

@@ -33,6 +33,7 @@ class VmDefinition:
     nics: int = 0  # NICs in all (vmctl start -i, vm.conf interfaces): plain ones fill up to this count
     switches: list[str] = field(default_factory=list)
     local_nics: int = 0
+    networks: list[str] = field(default_factory=list)  # vmctl start -L/-n in command-line order: "." is -L
     owner: Owner = field(default_factory=Owner)
     enabled: bool = True
     config: Any = None  # the config.VmSpec it came from, for instances
@@ -44,8 +45,12 @@ class VmDefinition:
             return list(self.interfaces)
         from vmd.config.spec import InterfaceSpec
 
-        specs = [InterfaceSpec(local=True) for _ in range(self.local_nics)]
-        specs += [InterfaceSpec(switch=name) for name in self.switches]
+        if self.networks:  # the order the user gave: a local interface's address depends on its index
+            specs = [InterfaceSpec(local=True) if name == "." else InterfaceSpec(switch=name)
+                     for name in self.networks]
+        else:
+            specs = [InterfaceSpec(local=True) for _ in range(self.local_nics)]
+            specs += [InterfaceSpec(switch=name) for name in self.switches]
         specs += [InterfaceSpec() for _ in range(max(0, self.nics - len(specs)))]
         return specs
 
