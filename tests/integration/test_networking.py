@@ -192,3 +192,19 @@ def test_taps_go_away_when_the_vm_process_is_killed(netns: str, guests: dict[str
         assert vmd.process.poll() is None  # vmd itself runs on
     finally:
         vmd.stop()
+
+
+def test_reload_takes_down_removed_switches_and_sets_up_new_ones(netns: str) -> None:
+    vmd = NetVmd(netns, 'switch "a" {\n    interface vmdtbra\n}\n')
+    try:
+        deadline = time.monotonic() + 10
+        while "vmdtbra" not in _links(netns) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "vmdtbra" in _links(netns)
+        vmd.config.write_text('switch "b" {\n    interface vmdtbrb\n}\n')
+        assert vmd.vmctl("reload").returncode == 0
+        links = _links(netns)
+        assert "vmdtbrb" in links and "vmdtbra" not in links, links
+    finally:
+        vmd.stop()
+    assert "vmdtbrb" not in _links(netns)

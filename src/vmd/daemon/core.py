@@ -126,9 +126,12 @@ class Daemon:
         if replace:  # load only adds VMs (vmd_reload(0, file)); reload takes the file's global settings too
             self.settings = settings
             self.control.set_group(settings.socket_group)
-        if settings.switches:
+        if settings.switches or (replace and self._net is not None):
             try:
-                self.network().setup_switches(settings.switches)
+                if replace:  # reload: switches that went or changed are taken down, new ones set up
+                    self.network().reconcile_switches(settings.switches)
+                else:
+                    self.network().setup_switches(settings.switches)
             except Exception as error:  # NetError, or netlink failing: vmd keeps running without them
                 log.warning("failed to set up switches: %s", error)
         for definition in definitions:

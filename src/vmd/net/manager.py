@@ -102,6 +102,20 @@ class NetworkManager:
             done.append(sw.name)
             log.debug("switch %s: bridge %s%s", sw.name, state.bridge, " (created)" if state.created else "")
 
+    def reconcile_switches(self, switches: Iterable[SwitchSpec]) -> None:
+        """vm.conf was reloaded: remove the switches that are gone, disabled or changed (a bridge vmd did not
+        create stays, as always), then set up the new and changed ones."""
+        wanted = list(switches)
+        settings = {sw.name: _switch_settings(sw) for sw in wanted if sw.enabled}
+        for name, (sw, state) in list(self.switches.items()):
+            if settings.get(name) != _switch_settings(sw):
+                try:
+                    self.links.remove_switch(state)
+                except NetError as error:
+                    log.warning("%s", error)
+                del self.switches[name]
+        self.setup_switches(wanted)
+
     def teardown(self) -> None:
         """Remove the bridges and VRFs this manager created; existing ones are left alone."""
         errors = []
@@ -199,3 +213,8 @@ class NetworkManager:
             if vif.fd >= 0:
                 close_tap(vif.fd)
                 vif.fd = -1
+
+
+def _switch_settings(sw: SwitchSpec) -> tuple[object, ...]:
+    """What makes a switch what it is (not where in vm.conf it was written)."""
+    return (sw.interface, sw.group, sw.locked_lladdr, sw.rdomain, sw.up)
