@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from vmd.eventloop import EventLoop
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
-from vmd.platform import KvmIrqLine, MachinePlatform, pc_irq_routing  # noqa: F401 (re-exported)
+from vmd.platform import KvmIrqLine, MachinePlatform
 from vmd.vcpu_loop import RunLoop, best_run_loop
 
 log = logging.getLogger("vmd.machine")
@@ -45,7 +46,6 @@ DEBUG_EXIT_PORT = 0xF4
 FW_CFG_PORT = 0x510
 PCI_CONFIG_PORT = 0xCF8
 PCI_INTX_IRQS = (10, 11, 5, 7)  # ISA IRQs free on our platform, for PCI INTA# of each slot in turn
-KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 MAX_VCPUS = 64
 
 # MSRs set at boot (SDM vol. 4)
@@ -221,7 +221,7 @@ class Machine:
         self.mmio = Bus("mmio")
         self.events = EventLoop(f"vm/{spec.name}-events")
         self.platform = MachinePlatform(self.vm, self.memory, self.pio, self.mmio, self.events,
-                                        self.kvm.check_extension(KVM_CAP_IOEVENTFD_ANY_LENGTH) > 0)
+                                        self.kvm.check_extension(k.KVM_CAP_IOEVENTFD_ANY_LENGTH) > 0)
         self.uart = Uart16550(KvmIrqLine(self.vm, COM1_IRQ), self.console.write, self.scheduler)
         self.pio.add_pio(COM1_PORT, 8, self.uart)
         below = self.memory.low_ram_end
@@ -331,8 +331,6 @@ class Machine:
         for key, data in self.plan.fw_cfg_items.items():
             self.fw_cfg.add_item(key, data)
         for path in self.spec.option_roms:
-            import os
-
             try:
                 with open(path, "rb") as rom:
                     data = rom.read()
@@ -466,7 +464,6 @@ class Machine:
             self.finish(Outcome("error", message=f"vcpu{vcpu.index}: {type(error).__name__}: {error}"))
 
     def _handle_exit(self, vcpu: Vcpu, reason: int) -> None:
-        name = self.spec.name
         run = vcpu.run
         if reason == k.KVM_EXIT_SHUTDOWN:
             self.finish(Outcome("reboot", message="triple fault"))
@@ -492,7 +489,6 @@ class Machine:
             self._fail(vcpu, "bad MMIO access")
         else:
             self._fail(vcpu, f"unexpected exit {k.EXIT_NAMES.get(reason, reason)}")
-        del name
 
     def _fail(self, vcpu: Vcpu, what: str) -> None:
         message = f"vm {self.spec.name}: vcpu{vcpu.index}: {what}\n{format_registers(vcpu)}"

@@ -17,7 +17,6 @@ from vmd.memory import GuestMemory
 log = logging.getLogger("vmd.platform")
 
 FIRST_MSI_GSI = 24  # GSIs 0-23 are the I/O APIC's pins
-KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 
 
 def pc_irq_routing() -> list[k.kvm_irq_routing_entry]:

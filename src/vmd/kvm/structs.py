@@ -228,6 +228,7 @@ KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
 KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 KVM_CAP_IMMEDIATE_EXIT = 136
 
 # -- kvm_run (api.rst 5. "The kvm_run structure") ----------------------------------------------------
