@@ -261,17 +261,10 @@ class Lexer:
             if c == "-":
                 return Token(CHAR, "-", name, line)
         if c in _WORD_START:
-            chars = [c]
-            while True:
-                c = self._getc()
-                if c == _EOF or c not in _WORD_CHARS:
-                    break
-                chars.append(c)
-                if len(chars) >= MAX_TOKEN:
-                    self.error("string too long")
-                    return self._findeol()
-            self._ungetc(c)
-            word = "".join(chars)
+            run = self._run_of(c, _WORD_CHARS)
+            if run is None:
+                return self._findeol()
+            word = run[0]
             return Token(KEYWORD if word in KEYWORDS else STRING, word, name, line)
         if c == "\n":
             self.source.line += 1
@@ -315,25 +308,33 @@ class Lexer:
             chars.append(c)
         return Token(STRING, "".join(chars), name, line)
 
-    def _number(self, first: str, name: str, line: int) -> Token | None:
-        """A number token, or None after pushing the characters back (then it is a word or a '-')."""
+    def _run_of(self, first: str, allowed: frozenset[str]) -> tuple[str, str] | None:
+        """first and the characters of allowed that follow it, with the character that ended the run (pushed
+        back); None, after the error, when the run reaches MAX_TOKEN."""
         chars = [first]
         while True:
             c = self._getc()
-            if c == _EOF or c not in _DIGITS:
+            if c == _EOF or c not in allowed:
                 break
             chars.append(c)
             if len(chars) >= MAX_TOKEN:
                 self.error("string too long")
-                return self._findeol()
+                return None
         self._ungetc(c)
-        text = "".join(chars)
+        return "".join(chars), c
+
+    def _number(self, first: str, name: str, line: int) -> Token | None:
+        """A number token, or None after pushing the characters back (then it is a word or a '-')."""
+        run = self._run_of(first, _DIGITS)
+        if run is None:
+            return self._findeol()
+        text, c = run
         if text != "-" and (c == _EOF or c in _NUMBER_END):
             value = int(text)
             if value > LLONG_MAX or value < LLONG_MIN:  # strtonum's messages
                 self.error(f'"{text}" invalid number: {"too large" if value > 0 else "too small"}')
                 return self._findeol()
             return Token(NUMBER, text, name, line, number=value, text=text)
-        for ch in reversed(chars):
+        for ch in reversed(text):
             self._ungetc(ch)
         return None
