@@ -79,6 +79,8 @@ void ioapic_mask_pin(int pin);
 void pit_periodic(unsigned hz);
 void pit_stop(void);
 uint64_t tsc_calibrate_pit(void);   /* TSC ticks per second, measured with PIT channel 2 */
+uint64_t tsc_hz_measure(void);      /* the same, falling back to the RTC's seconds */
+uint64_t tsc_to_ns(uint64_t dt, uint64_t hz);
 
 /* ---- RTC ---- */
 struct rtc_time { unsigned year, mon, day, hour, min, sec; };

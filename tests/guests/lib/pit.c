@@ -40,3 +40,24 @@ uint64_t tsc_calibrate_pit(void)
     outb(0x61, p61 & ~0x03);
     return (t1 - t0) * 20;
 }
+
+/* The PIT measurement, or, if PIT channel 2 never reaches terminal count, TSC ticks between two RTC
+ * second boundaries. */
+uint64_t tsc_hz_measure(void)
+{
+    uint64_t hz = tsc_calibrate_pit();
+    if (hz)
+        return hz;
+    outb(0x70, 0x00);
+    uint8_t s0 = inb(0x71), s;
+    do { outb(0x70, 0x00); s = inb(0x71); } while (s == s0);
+    uint64_t t0 = rdtsc();
+    do { outb(0x70, 0x00); s0 = inb(0x71); } while (s0 == s);
+    return rdtsc() - t0;
+}
+
+/* dt TSC ticks in nanoseconds, without overflowing 64 bits for long runs. */
+uint64_t tsc_to_ns(uint64_t dt, uint64_t hz)
+{
+    return dt / hz * 1000000000ull + (dt % hz) * 1000000000ull / hz;
+}

@@ -12,25 +12,6 @@
 
 struct mb_info { uint32_t flags, mem_lower, mem_upper, boot_device, cmdline; } __attribute__((packed));
 
-static uint64_t calibrate(void)
-{
-    uint64_t hz = tsc_calibrate_pit();
-    if (hz)
-        return hz;
-    /* fallback: TSC ticks between two RTC second boundaries */
-    outb(0x70, 0x00);
-    uint8_t s0 = inb(0x71), s;
-    do { outb(0x70, 0x00); s = inb(0x71); } while (s == s0);
-    uint64_t t0 = rdtsc();
-    do { outb(0x70, 0x00); s0 = inb(0x71); } while (s0 == s);
-    return rdtsc() - t0;
-}
-
-static uint64_t cycles_to_ns(uint64_t dt, uint64_t hz)
-{
-    return dt / hz * 1000000000ull + (dt % hz) * 1000000000ull / hz;
-}
-
 static uint64_t arg_u64(const char *cl, const char *key, uint64_t dflt)
 {
     char v[32];
@@ -55,7 +36,7 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
     kprintf("bench guest, mode %s\n", mode[0] ? mode : "(none)");
     if (!strcmp(mode, "pio")) {
         uint64_t n = arg_u64(cl, "n", 10000);
-        uint64_t hz = calibrate();
+        uint64_t hz = tsc_hz_measure();
         if (!hz) {
             fail("pio", "TSC calibration failed");
             finish();
@@ -65,14 +46,14 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
         for (uint64_t i = 0; i < n; i++)
             outb(COM1 + 7, (uint8_t)i);
         uint64_t dt = rdtsc() - t0;
-        uint64_t ns = cycles_to_ns(dt, hz);
+        uint64_t ns = tsc_to_ns(dt, hz);
         note("pio_count %llu", (unsigned long long)n);
         note("pio_total_ns %llu", (unsigned long long)ns);
         note("pio_ns %llu", (unsigned long long)(n ? ns / n : 0));
         ok("pio");
     } else if (!strcmp(mode, "serial")) {
         uint64_t count = arg_u64(cl, "bytes", 100000);
-        uint64_t hz = calibrate();
+        uint64_t hz = tsc_hz_measure();
         kprintf("serial_start\n");
         uint64_t t0 = rdtsc();
         for (uint64_t i = 0; i < count; i++)
@@ -81,7 +62,7 @@ void mb_main(uint32_t magic, const struct mb_info *mi)
         kprintf("\nserial_done\n");
         note("serial_bytes %llu", (unsigned long long)count);
         if (hz)
-            note("serial_ns %llu", (unsigned long long)cycles_to_ns(dt, hz));
+            note("serial_ns %llu", (unsigned long long)tsc_to_ns(dt, hz));
         ok("serial");
     } else {
         fail("mode", "unknown mode \"%s\" (firstbyte, pio, serial)", mode);

@@ -464,24 +464,6 @@ static void test_outofrange(void)
 
 /* ---- bench ---- */
 
-static uint64_t calibrate(void)
-{
-    uint64_t hz = tsc_calibrate_pit();
-    if (hz)
-        return hz;
-    outb(0x70, 0x00);
-    uint8_t s0 = inb(0x71), s;
-    do { outb(0x70, 0x00); s = inb(0x71); } while (s == s0);
-    uint64_t t0 = rdtsc();
-    do { outb(0x70, 0x00); s0 = inb(0x71); } while (s0 == s);
-    return rdtsc() - t0;
-}
-
-static uint64_t cycles_to_ns(uint64_t dt, uint64_t hz)
-{
-    return dt / hz * 1000000000ull + (dt % hz) * 1000000000ull / hz;
-}
-
 static void bench(const char *mode)
 {
     uint32_t size = (uint32_t)arg_u64("size", 4096);
@@ -509,7 +491,7 @@ static void bench(const char *mode)
     if (writing)
         for (unsigned k = 0; k < qd; k++)
             pattern(slot_buf[k], k, spr, 5);
-    uint64_t hz = calibrate();
+    uint64_t hz = tsc_hz_measure();
     if (!hz) {
         fail("bench", "TSC calibration failed");
         return;
@@ -553,7 +535,7 @@ static void bench(const char *mode)
     note("bench_qd %u", qd);
     note("bench_reqs %llu", (unsigned long long)count);
     note("bench_bytes %llu", (unsigned long long)(count * size));
-    note("bench_ns %llu", (unsigned long long)cycles_to_ns(dt, hz));
+    note("bench_ns %llu", (unsigned long long)tsc_to_ns(dt, hz));
     note("bench_kicks %u notifies %u", vq.kicks - k0, vq.notifies - n0);
     ok("bench");
 }

@@ -437,11 +437,6 @@ static void idle_wait(struct virtq *q)
         sti();
 }
 
-static uint64_t cycles_to_ns(uint64_t dt)
-{
-    return dt / hz * 1000000000ull + (dt % hz) * 1000000000ull / hz;
-}
-
 static int parse_mac(const char *s, uint8_t *out)
 {
     for (int i = 0; i < 6; i++) {
@@ -522,7 +517,7 @@ static void bench_tx(unsigned size, uint64_t count)
         }
     }
     uint64_t dt = rdtsc() - t0;
-    note("bench_tx_frames %llu bench_ns %llu", (unsigned long long)done, (unsigned long long)cycles_to_ns(dt));
+    note("bench_tx_frames %llu bench_ns %llu", (unsigned long long)done, (unsigned long long)tsc_to_ns(dt, hz));
     note("bench_size %u bench_kicks %u notifies %u", size, txq.kicks - k0, txq.notifies - n0);
     ok("bench");
 }
@@ -570,7 +565,7 @@ static void bench_rx(uint64_t count)
     }
     virtq_kick(&rxq);
     note("bench_rx_frames %llu bench_rx_bytes %llu bench_ns %llu", (unsigned long long)n, (unsigned long long)bytes,
-         (unsigned long long)cycles_to_ns(t_last - t_first));
+         (unsigned long long)tsc_to_ns(t_last - t_first, hz));
     note("bench_rx_kicks %u notifies %u", rxq.kicks - k0, rxq.notifies - n0);
     if (n)
         ok("bench");
