@@ -1,0 +1,203 @@
+"""Fixtures for tests that run real operating systems under vmd, driven the way a user drives vmd: a vm.conf,
+a running vmd (in a network namespace of the test's own), vmctl, and the guest's console.
+
+These tests need a hardware KVM: tests/hwvirt/plugin.py runs them in the test host where this machine's KVM
+is not one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KIT = ROOT / "guest-kit"
+SHARED_GUESTS = ROOT.parent / "shared" / "guests"
+
+
+def kit_file(name: str) -> Path:
+    path = KIT / name
+    if not path.exists():
+        raise AssertionError(f"{path} is missing: scripts/setup.sh prepares the guest kit")
+    return path
+
+
+def kit_cmdline() -> str:
+    """The kernel command line the guest kit recommends (guest-kit/cmdline), or the plain console one."""
+    path = KIT / "cmdline"
+    return path.read_text().strip() if path.exists() else "console=ttyS0"
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    name = f"vmdhw-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    made = ip("netns", "add", name)
+    assert made.returncode == 0, made.stderr
+    ip("-n", name, "link", "set", "lo", "up")
+    yield name
+    ip("netns", "del", name)
+
+
+class Vmd:
+    """A vmd daemon on a private socket (in a network namespace when given one), with vmctl at hand."""
+
+    def __init__(self, config: str, netns: str | None = None) -> None:
+        self.netns = netns
+        self.dir = Path(tempfile.mkdtemp(prefix="vmdhw-", dir="/tmp"))
+        self.socket = str(self.dir / "vmd.sock")
+        self.config = self.dir / "vm.conf"
+        self.config.write_text(config)
+        self.log = self.dir / "vmd.log"
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), VMD_SOCKET=self.socket)
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "vmd.cli", "-d", "-f", str(self.config)],
+                                        env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.socket):
+            assert self.process.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "vmd did not create its socket\n" + self.log.read_text()
+            time.sleep(0.1)
+
+    def vmctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vmd.ctl.main", *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout)
+
+    def must(self, *args: str, timeout: float = 180) -> str:
+        done = self.vmctl(*args, timeout=timeout)
+        assert done.returncode == 0, f"vmctl {' '.join(args)}: {done.stdout}{done.stderr}\n{self.log_tail()}"
+        return done.stdout
+
+    def status(self) -> dict[str, dict[str, object]]:
+        done = self.vmctl("status", "--json")
+        return {str(row["name"]): row for row in json.loads(done.stdout)} if done.returncode == 0 else {}
+
+    def wait_state(self, name: str, state: str, timeout: float = 120) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        rows: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            rows = self.status()
+            if name in rows and rows[name]["state"] == state:
+                return rows[name]
+            time.sleep(0.5)
+        raise AssertionError(f"{name} never became {state}: {rows}\n{self.log_tail()}")
+
+    def console(self, name: str) -> Console:
+        return Console(str(self.status()[name]["tty"]))
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "vmd log:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.vmctl("stop", "-a", "-f", "-w", timeout=60)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Console:
+    """A VM's console tty, read and written as a user at a terminal would, with a shell helper for the kit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.fd, termios.TCSANOW)
+        self.seen = b""  # everything read, for failure messages
+        self._pending = b""  # read but not yet consumed by expect()
+        self._serial = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, text: str) -> None:
+        data = text.encode()
+        while data:
+            try:
+                data = data[os.write(self.fd, data):]
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    def _read(self, timeout: float) -> bool:
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except (BlockingIOError, OSError):
+            return False
+        self.seen += data
+        self._pending += data
+        return bool(data)
+
+    def expect(self, pattern: str, timeout: float = 120) -> re.Match[bytes]:
+        """Wait until pattern shows up in what the console printed since the last match; returns the match."""
+        regex = re.compile(pattern.encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self._pending)
+            if match:
+                self._pending = self._pending[match.end():]
+                return match
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{pattern!r} did not appear on {self.path} in {timeout:.0f} s; the console"
+                                     f" showed:\n{self.tail()}")
+            self._read(min(left, 0.5))
+
+    def tail(self, size: int = 3000) -> str:
+        return self.seen[-size:].decode(errors="replace")
+
+    def sh(self, command: str, timeout: float = 120) -> tuple[int, str]:
+        """Run command in the guest's shell; returns (its exit status, its output)."""
+        self._serial += 1
+        tag = f"{self._serial}x{os.getpid() % 1000}"
+        # The markers are split in what is typed, so the shell's echo of the line never matches them.
+        self.send(f"echo '@@''B{tag}'; {command}; echo \"@@\"'E{tag}' $?\r")
+        self.expect(rf"@@B{tag}\r?\n", timeout)
+        match = self.expect(rf"(?s)(.*?)@@E{tag} (\d+)", timeout)
+        output = match.group(1).decode(errors="replace").replace("\r\n", "\n")
+        return int(match.group(2)), output
+
+    def must(self, command: str, timeout: float = 120) -> str:
+        status, output = self.sh(command, timeout)
+        assert status == 0, f"guest: {command}: status {status}\n{output}"
+        return output
+
+    def wait_shell(self, timeout: float = 300) -> None:
+        """Until the kit's shell answers (it may have printed its prompt before we opened the console)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._serial += 1
+            tag = f"{self._serial}r{os.getpid() % 1000}"
+            self.send(f"\recho '@@''R{tag}'\r")
+            try:
+                self.expect(rf"@@R{tag}", min(20.0, max(1.0, deadline - time.monotonic())))
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
