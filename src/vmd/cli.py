@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from vmd.console import MODES, Console, ConsoleError
 from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES
+from vmd.gdbstub import GdbServer, ListenAddress, ListenError, open_listener, parse_listen_address
 from vmd.machine import MAX_VCPUS, DiskSpec, Machine, MachineError, MachineSpec, Outcome
 from vmd.memory import MAX_MEMORY, MIN_MEMORY, parse_size
 
@@ -56,6 +57,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("-r", dest="cdrom", metavar="path", help="an ISO image on the virtio-scsi CD-ROM")
     parser.add_argument("-B", dest="boot_device", choices=("disk", "cdrom", "net"), help="boot device")
     parser.add_argument("--no-reboot", action="store_true", help="exit instead of restarting on a guest reboot")
+    parser.add_argument("--gdb", metavar="[addr:]port|path",
+                        help="listen for gdb (TCP, 127.0.0.1 unless addr is given, or a Unix socket path) and"
+                             " hold the guest at its first instruction until the debugger continues")
     parser.add_argument("-v", dest="verbose", action="count", default=0, help="more logging")
     parser.add_argument("name", help="the VM's name")
     return parser
@@ -95,9 +99,19 @@ def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
     for path in [p for p in (args.kernel, args.initrd, args.cdrom, *args.option_rom, *(d.path for d in disks)) if p]:
         if not os.path.exists(path):
             raise UsageError(f"{path}: No such file or directory")
+    gdb = args.gdb is not None
     return MachineSpec(name=name, memory=memory, kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                        vcpus=args.vcpus, cpu=args.cpu, boot_device=args.boot_device,
-                       option_roms=list(args.option_rom), disks=disks, cdrom=cdrom)
+                       option_roms=list(args.option_rom), disks=disks, cdrom=cdrom, debug=gdb, debug_hold=gdb)
+
+
+def _gdb_address(text: str | None) -> ListenAddress | None:
+    if text is None:
+        return None
+    try:
+        return parse_listen_address(text)
+    except ListenError as error:
+        raise UsageError(str(error)) from None
 
 
 def _disk_argument(text: str, read_only: bool) -> DiskSpec:
@@ -120,7 +134,9 @@ def exit_status(outcome: Outcome) -> int:
     return EXIT_FAILURE
 
 
-def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool) -> int:
+def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool, gdb: GdbServer | None = None) -> int:
+    """Run the VM until it ends, rebuilding it after a guest reboot. gdb: the stub, attached to each machine
+    (a debugger sees a reboot as the end of its program, and the new machine waits for it again)."""
     import time
 
     machine_holder: list[Machine] = []
@@ -152,6 +168,9 @@ def run_foreground(spec: MachineSpec, console: Console, no_reboot: bool) -> int:
                 machine.stop("interrupted")
             logging.getLogger("vmd").info("%s: started (%s boot, %s run loop)", spec.name, machine.plan.kind,
                                           machine.run_loop_name)
+            if gdb is not None and machine.debug is not None:
+                gdb.attach(machine.debug)
+                gdb.start()
             try:
                 outcome = machine.run()
             finally:
@@ -182,6 +201,7 @@ def run_main(argv: Sequence[str]) -> int:
     try:
         args = _run_parser().parse_args(list(argv))
         spec = _spec_from_args(args)
+        gdb_address = _gdb_address(args.gdb)
     except UsageError as error:
         print(f"vmd: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -192,14 +212,27 @@ def run_main(argv: Sequence[str]) -> int:
     except (ConsoleError, OSError) as error:
         print(f"vmd: console: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    gdb: GdbServer | None = None
     try:
+        if gdb_address is not None:  # before the guest runs: a debugger can be there for its first instruction
+            gdb = GdbServer(open_listener(gdb_address), spec.name)
+            where = f"target remote {gdb_address}"
+            print(f"vmd: {spec.name}: gdb: waiting for a debugger on {gdb_address} ({where})", file=sys.stderr,
+                  flush=True)
         if console.path:
             print(f"vmd: {spec.name}: console on {console.path}", file=sys.stderr, flush=True)
-        return run_foreground(spec, console, args.no_reboot)
-    except MachineError as error:
+        return run_foreground(spec, console, args.no_reboot, gdb)
+    except (MachineError, ListenError) as error:
         print(f"vmd: {error}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
+        if gdb is not None:
+            gdb.close()
+            if gdb_address is not None and gdb_address.path is not None:
+                try:
+                    os.unlink(gdb_address.path)
+                except OSError:
+                    pass
         console.close()
 
 

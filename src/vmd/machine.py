@@ -32,6 +32,9 @@ from vmd.devices.virtio.scsi import VirtioScsiCdrom
 from vmd.devices.vmmci import VMMCI_REBOOT, Vmmci
 from vmd.disk import DiskError, DiskImage, open_image
 from vmd.eventloop import EventLoop
+from vmd.gdb_x86 import image_bits, layout_for
+from vmd.guest_debug import GuestDebug
+from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
@@ -85,6 +88,8 @@ class MachineSpec:
     nics: list[NicSpec] = field(default_factory=list)
     cdrom: DiskSpec | None = None  # an ISO image on the virtio-scsi CD-ROM
     vmmci: bool = True  # OpenBSD's VMM control interface, which vmd gives every VM
+    debug: bool = False  # a GDB stub may attach (Machine.debug); off, the vCPU loop is unchanged
+    debug_hold: bool = False  # the vCPUs wait for the debugger before their first instruction (QEMU's -S)
 
 
 @dataclass
@@ -144,8 +149,8 @@ def _segment(target: k.kvm_segment, source: Segment) -> None:
     target.g = source.g
 
 
-def format_registers(vcpu: Vcpu) -> str:
-    """The vCPU's registers, for error messages."""
+def format_registers(vcpu: Vcpu, memory: GuestMemory | None = None) -> str:
+    """The vCPU's registers and the instruction bytes at RIP, for error messages."""
     try:
         regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
     except KvmError as error:
@@ -160,6 +165,7 @@ def format_registers(vcpu: Vcpu) -> str:
     lines.append(f"  cr0={sregs.cr0:08x} cr2={sregs.cr2:x} cr3={sregs.cr3:x} cr4={sregs.cr4:x}"
                  f" efer={sregs.efer:x} gdt={sregs.gdt.base:x}/{sregs.gdt.limit:x}"
                  f" idt={sregs.idt.base:x}/{sregs.idt.limit:x}")
+    lines.append(describe_code(vcpu, memory, regs, sregs))
     return "\n".join(lines)
 
 
@@ -181,6 +187,7 @@ class Machine:
             raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {MAX_VCPUS}")
         self.memory: GuestMemory | None = None
         self.scheduler: ThreadScheduler | None = None
+        self.debug: GuestDebug | None = None
         self._own_kvm = kvm is None
         try:
             self.kvm = kvm or Kvm()
@@ -283,6 +290,20 @@ class Machine:
             self._set_lapic_lines(vcpu)
             self.vcpus.append(vcpu)
         self._set_boot_state(self.vcpus[0], self.plan.cpu)
+        if spec.debug:
+            self._enable_debugging()
+
+    def _enable_debugging(self) -> None:
+        """The machine's side of the GDB stub; vmd.gdbstub.GdbServer attaches to self.debug."""
+        assert self.memory is not None
+        supported = self.kvm.guest_debug_flags()
+        if not supported & k.KVM_GUESTDBG_ENABLE:
+            raise MachineError(f"{self.spec.name}: the host's KVM cannot debug guests (no KVM_SET_GUEST_DEBUG)")
+        cpu = self.plan.cpu
+        layout = layout_for(cpu.cr0, cpu.efer, image_bits(self.spec.kernel))
+        self.debug = GuestDebug(self.vcpus, self.memory, layout, supported, kick=self._kick_all,
+                                stop_machine=self.stop, paused=self._paused.is_set, hold=self.spec.debug_hold,
+                                name=self.spec.name)
 
     def _virtio_net(self, nic: NicSpec) -> VirtioNet:
         from vmd.net.dhcp import DhcpResponder
@@ -381,6 +402,10 @@ class Machine:
         """End the run with outcome (the first one wins) and stop every vCPU."""
         if self._outcome is None:
             self._outcome = outcome
+            if self.debug is not None:
+                status = outcome.status >> 1 if outcome.kind == "poweroff" and outcome.status > 1 else 0
+                first = (outcome.message.splitlines() or [outcome.kind])[0]
+                self.debug.finished(status, f"vm {self.spec.name}: {first}")
         self._done.set()
         self._kick_all()
 
@@ -448,8 +473,14 @@ class Machine:
 
     def _vcpu_thread(self, vcpu: Vcpu) -> None:
         run_loop, pio, mmio, run, fd = self._run_loop, self.pio, self.mmio, vcpu.run, vcpu.fd
+        debug, index = self.debug, vcpu.index
         try:
             while not self._done.is_set():
+                # I/O exits never come back here (the run loop serves them): with no debugger this costs
+                # one test per other exit
+                if debug is not None and debug.must_park(index):
+                    debug.park(vcpu)
+                    continue
                 reason = run_loop(fd, run, pio, mmio)
                 if reason == k.KVM_EXIT_INTR:
                     if self._paused.is_set() and not self._done.is_set():
@@ -457,6 +488,8 @@ class Machine:
                             while self._paused.is_set() and not self._done.is_set():
                                 self._resume.wait(0.5)
                         vcpu.set_immediate_exit(False)
+                    continue
+                if debug is not None and debug.handle_exit(vcpu, reason):
                     continue
                 self._handle_exit(vcpu, reason)
         except Exception as error:  # a device bug must end the VM with a message, never hang it
@@ -466,6 +499,8 @@ class Machine:
     def _handle_exit(self, vcpu: Vcpu, reason: int) -> None:
         run = vcpu.run
         if reason == k.KVM_EXIT_SHUTDOWN:
+            log.warning("vm %s: vcpu%d: triple fault, the guest is reset\n%s", self.spec.name, vcpu.index,
+                        format_registers(vcpu, self.memory))
             self.finish(Outcome("reboot", message="triple fault"))
         elif reason == k.KVM_EXIT_SYSTEM_EVENT:
             event = k.RUN_SYSTEM_EVENT.unpack_from(run, k.RUN_UNION_OFFSET)[0]
@@ -491,11 +526,15 @@ class Machine:
             self._fail(vcpu, f"unexpected exit {k.EXIT_NAMES.get(reason, reason)}")
 
     def _fail(self, vcpu: Vcpu, what: str) -> None:
-        message = f"vm {self.spec.name}: vcpu{vcpu.index}: {what}\n{format_registers(vcpu)}"
+        message = f"vm {self.spec.name}: vcpu{vcpu.index}: {what}\n{format_registers(vcpu, self.memory)}"
+        if self.debug is not None and self.debug.fault(vcpu, message):
+            return  # a connected debugger gets to look at it (the vCPU parks; resuming runs it again)
         self.finish(Outcome("error", status=1, message=message))
 
     # -- teardown ------------------------------------------------------------------------------------
     def close(self) -> None:
+        if self.debug is not None:
+            self.debug.close()
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None

@@ -63,6 +63,17 @@ class Kvm:
     def check_extension(self, capability: int) -> int:
         return fcntl.ioctl(self.fd, k.KVM_CHECK_EXTENSION, capability)
 
+    def guest_debug_flags(self) -> int:
+        """The KVM_GUESTDBG_* flags KVM_SET_GUEST_DEBUG accepts here (KVM_CAP_SET_GUEST_DEBUG2); 0 without it.
+        A KVM that predates the capability but has KVM_CAP_SET_GUEST_DEBUG takes the original x86 set."""
+        flags = self.check_extension(k.KVM_CAP_SET_GUEST_DEBUG2)
+        if flags > 0:
+            return flags
+        if self.check_extension(k.KVM_CAP_SET_GUEST_DEBUG) > 0:
+            return (k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP | k.KVM_GUESTDBG_USE_SW_BP
+                    | k.KVM_GUESTDBG_USE_HW_BP)
+        return 0
+
     def require(self, capability: int, name: str) -> None:
         if self.check_extension(capability) <= 0:
             raise KvmError(f"{KVM_DEVICE}: the host's KVM lacks {name}")
@@ -217,6 +228,21 @@ class Vcpu:
         state = k.kvm_mp_state()
         ioctl_buffer(self.fd, k.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
         return int(state.mp_state)
+
+    # -- debugging -----------------------------------------------------------------------------------
+    def set_guest_debug(self, control: int, debugregs: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: control is KVM_GUESTDBG_* flags; debugregs DR0-DR3 and DR7 at [0..3] and [7]."""
+        request = k.kvm_guest_debug(control=control)
+        for index, value in enumerate(debugregs[:8]):
+            request.debugreg[index] = value
+        ioctl_buffer(self.fd, k.KVM_SET_GUEST_DEBUG, request, "KVM_SET_GUEST_DEBUG")
+
+    def translate(self, linear: int) -> int | None:
+        """KVM_TRANSLATE: the guest-physical address of a linear address through the vCPU's page tables, or
+        None when it is not mapped (or paging is off and the address is out of range)."""
+        request = k.kvm_translation(linear_address=linear & 0xFFFF_FFFF_FFFF_FFFF)
+        ioctl_buffer(self.fd, k.KVM_TRANSLATE, request, "KVM_TRANSLATE")
+        return int(request.physical_address) if request.valid else None
 
     # -- running -------------------------------------------------------------------------------------
     def exit_reason(self) -> int:

@@ -188,6 +188,24 @@ class kvm_mp_state(ctypes.Structure):
     _fields_ = [("mp_state", u32)]
 
 
+class kvm_guest_debug(ctypes.Structure):  # api.rst 4.87, with x86's kvm_guest_debug_arch (DR0-DR7)
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
+
+
+KVM_GUESTDBG_ENABLE = 0x0000_0001
+KVM_GUESTDBG_SINGLESTEP = 0x0000_0002
+KVM_GUESTDBG_USE_SW_BP = 0x0001_0000  # x86: intercept #BP (int3) and exit with KVM_EXIT_DEBUG
+KVM_GUESTDBG_USE_HW_BP = 0x0002_0000  # x86: debugreg[0..3] and [7] are the debugger's DR0-DR3 and DR7
+KVM_GUESTDBG_INJECT_DB = 0x0004_0000
+KVM_GUESTDBG_INJECT_BP = 0x0008_0000
+KVM_GUESTDBG_BLOCKIRQ = 0x0010_0000  # no interrupt is injected while single-stepping
+
+
+class kvm_translation(ctypes.Structure):  # api.rst 4.15
+    _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8), ("writeable", u8),
+                ("usermode", u8), ("pad", u8 * 5)]
+
+
 # -- ioctl numbers -------------------------------------------------------------------------------------
 KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
@@ -209,6 +227,7 @@ KVM_GET_REGS = _ior(0x81, ctypes.sizeof(kvm_regs))
 KVM_SET_REGS = _iow(0x82, ctypes.sizeof(kvm_regs))
 KVM_GET_SREGS = _ior(0x83, ctypes.sizeof(kvm_sregs))
 KVM_SET_SREGS = _iow(0x84, ctypes.sizeof(kvm_sregs))
+KVM_TRANSLATE = _iowr(0x85, ctypes.sizeof(kvm_translation))
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_GET_FPU = _ior(0x8C, ctypes.sizeof(kvm_fpu))
 KVM_SET_FPU = _iow(0x8D, ctypes.sizeof(kvm_fpu))
@@ -217,12 +236,14 @@ KVM_SET_LAPIC = _iow(0x8F, ctypes.sizeof(kvm_lapic_state))
 KVM_SET_CPUID2 = _iow(0x90, ctypes.sizeof(kvm_cpuid2_header))
 KVM_GET_MP_STATE = _ior(0x98, ctypes.sizeof(kvm_mp_state))
 KVM_SET_MP_STATE = _iow(0x99, ctypes.sizeof(kvm_mp_state))
+KVM_SET_GUEST_DEBUG = _iow(0x9B, ctypes.sizeof(kvm_guest_debug))
 
 # -- capabilities (KVM_CHECK_EXTENSION) ---------------------------------------------------------------
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7
+KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
@@ -230,6 +251,7 @@ KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the KVM_GUESTDBG_* flags this KVM supports
 
 # -- kvm_run (api.rst 5. "The kvm_run structure") ----------------------------------------------------
 KVM_EXIT_UNKNOWN = 0
@@ -261,6 +283,11 @@ RUN_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data[8], len, is_write
 RUN_INTERNAL = struct.Struct("<II")  # suberror, ndata (then u64 data[16])
 RUN_FAIL_ENTRY = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
 RUN_SYSTEM_EVENT = struct.Struct("<I")  # type
+RUN_DEBUG = struct.Struct("<IIQQQ")  # x86 kvm_debug_exit_arch: exception, pad, pc, dr6, dr7
+
+# x86 exception vectors in kvm_debug_exit_arch.exception (SDM vol. 3, 6.3.1)
+DB_VECTOR = 1
+BP_VECTOR = 3
 
 KVM_MP_STATE_RUNNABLE = 0
 KVM_MP_STATE_UNINITIALIZED = 1
