@@ -218,7 +218,7 @@ class Machine:
         self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
             cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device,
             boot_mac=bytes.fromhex(spec.nics[0].mac.replace(":", "")) if spec.nics else None,
-            rsdp=acpi.RSDP_ADDRESS))
+            acpi=True))
         if self.plan.firmware is not None:
             rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
             self.vm.add_memory(rom.guest_address, rom.size, self.memory.host_address(rom))
@@ -270,8 +270,9 @@ class Machine:
             self.pci.assign_bars(PCI_MMIO_START, PCI_MMIO_END)
             for transport in self.virtio:
                 transport.config_write(COMMAND, 2, COMMAND_MEMORY | COMMAND_MASTER)
-            write_mptable(self.memory, spec.vcpus, pci_routes=pci_routes, level_irqs=(SCI_IRQ,))
-            acpi.write_tables(self.memory, spec.vcpus, pci_routes)
+            write_mptable(self.memory, spec.vcpus, pci_routes=pci_routes, level_irqs=(SCI_IRQ,),
+                          address=self.plan.mptable_address)
+            acpi.write_tables(self.memory, spec.vcpus, pci_routes, address=self.plan.acpi_address)
         self._pci_routes = pci_routes
         self.acpi_pm = AcpiPm(KvmIrqLine(self.vm, SCI_IRQ),
                               on_poweroff=lambda: self.finish(Outcome("poweroff", message="ACPI poweroff")))

@@ -48,6 +48,15 @@ GUESTS: dict[str, dict] = {
     "multiboot-aout": dict(kind="bin", arch=32, ld="flat32-bin.ld", out="multiboot-aout.bin",
                            defs=["AOUT_KLUDGE"],
                            src=LIB32 + ["lib/mbstart.S", "src/multiboot.c"]),
+    # the multiboot guest linked the way people link small kernels, by a plain `ld -Ttext=ADDRESS` without
+    # a script: its first PT_LOAD holds only the ELF headers, a page below the text (-z separate-code)
+    "multiboot-ld": dict(kind="elf", arch=32, ld=None, ldargs=["-Ttext=0x100000", "-e", "_start"],
+                         out="multiboot-ld.elf", defs=["MB_HEADER_IN_TEXT"],
+                         src=["lib/mbstart.S", *LIB32, "src/multiboot.c"]),
+    # ... and linked low, over the pages where vmd puts its own boot structures for other kernels
+    "multiboot-low": dict(kind="elf", arch=32, ld=None, ldargs=["-Ttext=0x8000", "-e", "_start"],
+                          out="multiboot-low.elf", defs=["MB_HEADER_IN_TEXT"],
+                          src=["lib/mbstart.S", *LIB32, "src/multiboot.c"]),
     "demo": dict(kind="elf", arch=32, ld="flat32.ld", out="demo.elf",
                  src=LIB32 + ["lib/mbstart.S", "src/demo.c"]),
     "bench": dict(kind="elf", arch=32, ld="flat32.ld", out="bench.elf",
@@ -179,8 +188,8 @@ def _compile(recipe: dict, objdir: Path) -> list[Path]:
 
 
 def _link(recipe: dict, objs: list[Path], elf: Path) -> None:
-    _run(["ld", "-m", LD_EMUL[recipe["arch"]], *LDFLAGS, "-T", str(HERE / "ld" / recipe["ld"]),
-          "-o", str(elf), *map(str, objs)])
+    script = ["-T", str(HERE / "ld" / recipe["ld"])] if recipe["ld"] else recipe["ldargs"]
+    _run(["ld", "-m", LD_EMUL[recipe["arch"]], *LDFLAGS, *script, "-o", str(elf), *map(str, objs)])
 
 
 def _build_one(name: str, recipe: dict, outdir: Path) -> Path:

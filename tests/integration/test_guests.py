@@ -60,6 +60,21 @@ def test_multiboot_gets_memory_map_cmdline_initrd_and_platform(vmd_run: Callable
     assert before - 1 <= rtc <= after + 1, (before, rtc, after)
 
 
+@pytest.mark.parametrize("variant", ["multiboot-ld", "multiboot-low"])
+def test_multiboot_kernels_linked_anywhere_boot_with_their_path_as_argv0(
+        vmd_run: Callable[..., Run], guests: dict[str, Path], initrd: Path, variant: str) -> None:
+    """Linked by a plain `ld -Ttext=0x100000` (an ELF-header segment at 0xff000, in the BIOS area where vmd's
+    MP and ACPI tables live) or at 0x8000 (over vmd's usual boot pages): both boot, as under GRUB and QEMU,
+    and the command line starts with the kernel's path."""
+    data = initrd.read_bytes()
+    kernel = str(guests[variant])
+    append = (f"tests=mem,cmdline,initrd,pci,mptable,ioapic,lapic mem={48 * MiB} expect=x"
+              f" initrd_size={len(data)} initrd_sum={fnv1a32(data):08x}")
+    result = vmd_run("-m", "48M", "-b", kernel, "--initrd", str(initrd), "--append", append, "mb")
+    assert_all_ok(result)
+    assert field(result, r"^cmdline (.*)$").strip() == f"{kernel} {append}"
+
+
 def test_multiboot_memory_above_4g(vmd_run: Callable[..., Run], guests: dict[str, Path]) -> None:
     size = 5 << 30
     result = vmd_run("-m", "5G", "-b", str(guests["multiboot"]), "--append", f"tests=mem mem={size}", "big")

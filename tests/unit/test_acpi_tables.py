@@ -10,7 +10,16 @@ import pytest
 
 from vmd.boot import acpi, load_kernel
 from vmd.boot.state import BootOptions
-from vmd.boot.x86 import MP_FLAGS_LEVEL_HIGH, BadImage, check_destination, write_mptable
+from vmd.boot.x86 import (
+    ACPI_AREA_ADDRESS,
+    ACPI_AREA_SIZE,
+    MP_FLAGS_LEVEL_HIGH,
+    MPTABLE_ADDRESS,
+    MPTABLE_SIZE,
+    BadImage,
+    place_tables,
+    write_mptable,
+)
 from vmd.memory import GuestMemory, MiB
 
 from .test_boot_elf import PT_LOAD, build_elf
@@ -46,7 +55,7 @@ def tables_by_signature(data: bytes, base: int, rsdp: bytes) -> dict[bytes, byte
 
 @pytest.fixture
 def built() -> acpi.AcpiTables:
-    return acpi.build_tables(2, acpi.TABLES_ADDRESS, pci_routes=ROUTES)
+    return acpi.build_tables(2, 0xE0040, pci_routes=ROUTES)
 
 
 def test_rsdp_v2_checksums_and_pointers(built: acpi.AcpiTables) -> None:
@@ -54,8 +63,8 @@ def test_rsdp_v2_checksums_and_pointers(built: acpi.AcpiTables) -> None:
     assert len(r) == 36 and r[:8] == b"RSD PTR " and r[15] == 2
     assert sum(r[:20]) & 0xFF == 0 and sum(r) & 0xFF == 0
     assert struct.unpack_from("<I", r, 20)[0] == 36
-    assert struct.unpack_from("<I", r, 16)[0] == acpi.TABLES_ADDRESS + built.offsets["RSDT"]
-    assert struct.unpack_from("<Q", r, 24)[0] == acpi.TABLES_ADDRESS + built.offsets["XSDT"]
+    assert struct.unpack_from("<I", r, 16)[0] == 0xE0040 + built.offsets["RSDT"]
+    assert struct.unpack_from("<Q", r, 24)[0] == 0xE0040 + built.offsets["XSDT"]
 
 
 def test_every_table_sums_to_zero_and_rsdt_matches_xsdt(built: acpi.AcpiTables) -> None:
@@ -221,21 +230,35 @@ def test_mptable_marks_the_sci_level_triggered(mem: GuestMemory) -> None:
     assert flags[9] == MP_FLAGS_LEVEL_HIGH and flags[4] == 0
 
 
-def test_kernels_may_not_overlap_the_acpi_area(mem: GuestMemory) -> None:
-    with pytest.raises(BadImage, match="ACPI"):
-        check_destination(mem, 0xE8000, 0x100, "kernel")
+def test_the_tables_move_out_of_a_kernel_s_way_within_the_bios_area() -> None:
+    assert place_tables([]) == (ACPI_AREA_ADDRESS, MPTABLE_ADDRESS)
+    acpi_at, mp_at = place_tables([(0xE0000, 0xE8000), (0xF0000, 0xF0100)])
+    assert acpi_at == 0xE8000 and acpi_at % 64 == 0
+    assert mp_at == 0xEC000  # 0xF0000 is taken: the first room after the ACPI area
+    for start, size in ((acpi_at, ACPI_AREA_SIZE), (mp_at, MPTABLE_SIZE)):
+        assert 0xE0000 <= start and start + size <= 0x100000
+    with pytest.raises(BadImage, match="no room for the ACPI tables"):
+        place_tables([(0xE0000, 0x100000)])
+    with pytest.raises(BadImage, match="no room for the MP table"):
+        place_tables([(0xE0000, 0xE1000), (0xE5000, 0x100000)])
+
+
+def test_the_largest_tables_fit_in_the_room_kept_for_them(mem: GuestMemory) -> None:
+    routes = [(slot, 0, 16 + slot % 8) for slot in range(32)]
+    write_mptable(mem, 64, pci_routes=routes, level_irqs=(9,))
+    assert acpi.write_tables(mem, 64, routes) == ACPI_AREA_ADDRESS
 
 
 def test_pvh_and_linux_get_the_rsdp_address(tmp_path: Path, mem: GuestMemory) -> None:
     kernel = tmp_path / "pvh"
     kernel.write_bytes(build_elf([(PT_LOAD, 0x1000000, b"\x90" * 16, 0x1000)], entry=0x1000000,
                                  notes=[(b"Xen", 18, struct.pack("<Q", 0x1000000))]))
-    plan = load_kernel(str(kernel), mem, BootOptions(rsdp=acpi.RSDP_ADDRESS))
+    plan = load_kernel(str(kernel), mem, BootOptions(acpi=True))
     info = plan.cpu.gprs["rbx"]
     assert struct.unpack_from("<Q", mem.read(info + 32, 8))[0] == 0xE0000  # start_info.rsdp_paddr
     bz = tmp_path / "bzImage"
     bz.write_bytes(build_bzimage())
-    load_kernel(str(bz), mem, BootOptions(rsdp=acpi.RSDP_ADDRESS))
+    load_kernel(str(bz), mem, BootOptions(acpi=True))
     assert struct.unpack_from("<Q", mem.read(0x7000 + 0x70, 8))[0] == 0xE0000  # boot_params.acpi_rsdp_addr
     load_kernel(str(bz), mem, BootOptions())
     assert struct.unpack_from("<Q", mem.read(0x7000 + 0x70, 8))[0] == 0

@@ -168,3 +168,30 @@ def test_file_larger_than_memory_is_not_read(tmp_path: Path, mem: GuestMemory) -
         handle.truncate(65 * MiB)
     with pytest.raises(BootError, match="file too large"):
         load_kernel(str(path), mem, BootOptions())
+
+
+def test_reading_a_kernel_costs_its_size_not_the_guest_memory(tmp_path: Path) -> None:
+    """A 5 GiB guest on a 4 GiB host: the kernel was read with a buffer as large as guest memory (capped at
+    4 GiB), and boot.read_image died with MemoryError. Read what the file holds."""
+    import tracemalloc
+
+    kernel = write(tmp_path, elf64())
+    tracemalloc.start()
+    try:
+        data, compressed = vmd.boot.read_image(kernel, 5 << 30)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == elf64() and not compressed
+    assert peak < 8 * MiB, peak
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = os.fork()
+    if writer == 0:
+        with open(fifo, "wb") as pipe:
+            pipe.write(elf64())
+        os._exit(0)
+    try:
+        assert vmd.boot.read_image(str(fifo), 5 << 30) == (elf64(), False)
+    finally:
+        os.waitpid(writer, 0)

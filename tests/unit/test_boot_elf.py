@@ -186,7 +186,6 @@ def test_openbsd_refuses_initrd_and_other_cmdline(tmp_path: Path, mem: GuestMemo
     ([(PT_LOAD, 0x8000000, CODE, 0x100)], "outside guest memory"),
     ([(PT_LOAD, 0x3FFF000, CODE, 0x2000)], "outside guest memory"),
     ([(PT_LOAD, 0x1000, CODE, 0x100)], "overlaps the boot pages"),
-    ([(PT_LOAD, 0xF0100, CODE, 0x100)], "overlaps the MP table"),
     ([(PT_NOTE, 0x1000000, b"", 0)], "no loadable segments"),
 ])
 def test_bad_segments(tmp_path: Path, mem: GuestMemory, segments: list[tuple[int, int, bytes, int]],
@@ -280,7 +279,7 @@ def test_multiboot_elf(tmp_path: Path, mem: GuestMemory) -> None:
     assert plan.kind == "multiboot"
     cpu = plan.cpu
     assert cpu.gprs["rax"] == 0x2BADB002 and cpu.rip == 0x100000 and not cpu.cr0 & 0x80000000
-    check_multiboot_info(mem, cpu.gprs["rbx"], b"a=b", initrd, initrd_path)
+    check_multiboot_info(mem, cpu.gprs["rbx"], f"{tmp_path / 'kernel'} a=b".encode(), initrd, initrd_path)
     module = mem.read_u32(mem.read_u32(cpu.gprs["rbx"] + 24))
     assert module >= 0x105000
 
@@ -290,11 +289,12 @@ def test_multiboot_aout_kludge(tmp_path: Path, mem: GuestMemory) -> None:
     # header at file offset 64; file offset 0 loads at load; bss up to load + 0x3000
     header = multiboot_header(0x10003, (load + 64, load, 0, load + 0x3000, load + 0x100))
     image = bytes(64) + header + bytes(0x100 - 64 - len(header)) + CODE
-    plan = load_kernel(write(tmp_path, image), mem, BootOptions())
+    path = write(tmp_path, image)
+    plan = load_kernel(path, mem, BootOptions())
     assert plan.kind == "multiboot" and plan.cpu.rip == load + 0x100
     assert mem.read(load, len(image)) == image
     assert mem.read(load + len(image), 0x3000 - len(image)) == bytes(0x3000 - len(image))
-    check_multiboot_info(mem, plan.cpu.gprs["rbx"], b"", None, "")
+    check_multiboot_info(mem, plan.cpu.gprs["rbx"], path.encode(), None, "")
 
 
 def test_multiboot_errors(tmp_path: Path, mem: GuestMemory) -> None:
@@ -304,7 +304,7 @@ def test_multiboot_errors(tmp_path: Path, mem: GuestMemory) -> None:
         (bytes(64) + multiboot_header(0x10000, (0x200040, 0x300000, 0, 0, 0x200000)), "above header_addr"),
         (bytes(64) + multiboot_header(0x10000, (0x200000, 0x100000, 0, 0, 0x200000)), "before the start"),
         (bytes(64) + multiboot_header(0x10008, (0x200040, 0x200000, 0, 0, 0x200000)), "unsupported features"),
-        (bytes(64) + multiboot_header(0x10000, (0x40, 0, 0, 0, 0x40)), "overlaps the boot pages"),
+        (bytes(64) + multiboot_header(0x10000, (0x4000040, 0x4000000, 0, 0, 0x4000040)), "outside guest memory"),
         (bytes(64) + multiboot_header(0x10000, (0x200040, 0x200000, 0, 0, 0x9000000)), "entry point"),
         (bytes(64) + multiboot_header(0x10000, (0x200040, 0x200000, 0x300000, 0, 0x200000)), "shorter"),
     ]
@@ -380,3 +380,32 @@ def test_openbsd_bootargs_carry_the_boot_mac_for_net_boot() -> None:
         offset += size
     assert records[-1] == (BOOTARG_BOOTMAC, bytes.fromhex("fee1bbd10203") + b"\0\0")
     assert len(with_mac) == len(plain) + 20
+
+
+def test_multiboot_kernel_over_the_boot_pages_gets_its_structures_elsewhere(tmp_path: Path,
+                                                                           mem: GuestMemory) -> None:
+    code = bytes(range(256)) * 0x100  # 64 KiB, 0x8000-0x18000: over the zero page, stack, GDT, page tables
+    kernel = build_elf([(PT_LOAD, 0x8000, code, len(code))], entry=0x8000, is64=False,
+                       prefix=multiboot_header(3))
+    path = write(tmp_path, kernel)
+    plan = load_kernel(path, mem, BootOptions(cmdline="x=1"))
+    image_start, image_end = 0x8000, 0x8000 + len(code)
+    cpu = plan.cpu
+    info = cpu.gprs["rbx"]
+    cmdline_at = mem.read_u32(info + 16)
+    for what, address in (("info", info), ("cmdline", cmdline_at), ("gdt", cpu.gdt_base),
+                          ("stack", cpu.gprs["rsp"] - 16)):
+        assert not image_start <= address < image_end, (what, hex(address))
+    assert mem.read(image_start, len(code)) == code  # nothing of ours was written over the kernel
+    check_multiboot_info(mem, info, f"{path} x=1".encode(), None, "")
+
+
+def test_a_kernel_in_the_bios_area_moves_the_mp_and_acpi_tables(tmp_path: Path, mem: GuestMemory) -> None:
+    kernel = build_elf([(PT_LOAD, 0xF0000, CODE, 0x100), (PT_LOAD, 0x1000000, CODE, 0x100)], entry=0x1000000)
+    plan = load_kernel(write(tmp_path, kernel), mem, BootOptions())
+    assert plan.kind == "openbsd-elf64"
+    assert plan.acpi_address == 0xE0000
+    assert not 0xF0000 <= plan.mptable_address < 0xF0100 and 0xE0000 <= plan.mptable_address < 0x100000
+    full = build_elf([(PT_LOAD, 0xE0000, CODE, 0x20000), (PT_LOAD, 0x1000000, CODE, 0x100)], entry=0x1000000)
+    with pytest.raises(BootError, match="no room for the ACPI tables"):
+        load_kernel(write(tmp_path, full), mem, BootOptions())

@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 import zlib
+from dataclasses import replace
 
 from vmd.boot.bios import BIOS_MAX_SIZE, load_bios
 from vmd.boot.elf import (
@@ -60,6 +61,22 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out.getvalue()
 
 
+READ_CHUNK = 1 << 20
+
+
+def _read_at_most(handle: io.BufferedReader, size: int) -> bytes:
+    """Up to size bytes of handle, read in chunks (a pipe or device has no size to go by)."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < size:
+        chunk = handle.read(min(READ_CHUNK, size - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def read_image(path: str, limit: int) -> tuple[bytes, bool]:
     """The file's contents, gunzipped if it is gzip data; returns (data, was_compressed)."""
     try:
@@ -73,7 +90,9 @@ def read_image(path: str, limit: int) -> tuple[bytes, bool]:
             if stat.S_ISREG(info.st_mode) and info.st_size > cap:
                 raise BadImage(f"file too large ({info.st_size >> 20} MiB) for {limit >> 20} MiB"
                                " of guest memory")
-            data = handle.read(cap + 1)
+            # Read what is there, never a buffer sized by the cap (guest memory): a 5 GiB guest must not
+            # need 4 GiB of host memory to read a 100 KiB kernel.
+            data = _read_at_most(handle, cap + 1)
     except IsADirectoryError:
         raise BadImage("is a directory") from None
     except OSError as error:
@@ -118,7 +137,7 @@ def load_kernel(path: str, mem: GuestMemory, options: BootOptions) -> BootPlan:
     """Load the kernel or firmware at path into mem; raise BootError('<path>: <reason>') on bad input."""
     try:
         data, compressed = read_image(path, mem.size)
-        plan = _load(data, compressed, mem, options)
+        plan = _load(data, compressed, mem, options if options.kernel_path else replace(options, kernel_path=path))
     except BadImage as error:
         raise BootError(f"{path}: {error}") from None
     except SAFETY_NET as error:

@@ -9,9 +9,10 @@ PCI root bridge with its resources and a _PRT giving each slot's INTx GSI (the r
 
 Two ways to hand them to a guest:
 
-* direct boot: ``write_tables`` puts the RSDP at 0xE0000 (found by the legacy scan of 0xE0000-0xFFFFF,
-  5.2.5.1) and the other tables after it, below the MP table at 0xF0000. The boot loaders also pass
-  the RSDP address (PVH start_info.rsdp_paddr, Linux boot_params.acpi_rsdp_addr).
+* direct boot: ``write_tables`` puts the RSDP where the boot loader placed the ACPI area (0xE0000 unless
+  the kernel is there; always in 0xE0000-0xFFFFF, found by the legacy scan, 5.2.5.1) and the other tables
+  after it. The boot loaders also pass the RSDP address (PVH start_info.rsdp_paddr, Linux
+  boot_params.acpi_rsdp_addr).
 * BIOS boot: ``fw_cfg_files`` gives SeaBIOS the QEMU fw_cfg files "etc/acpi/rsdp", "etc/acpi/tables" and
   "etc/table-loader", a list of linker/loader commands (QEMU hw/acpi/bios-linker-loader.c) that make
   SeaBIOS place the blobs, patch the pointers between them and fix the checksums.
@@ -23,6 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vmd.boot.x86 import ACPI_AREA_ADDRESS, ACPI_AREA_SIZE
 from vmd.devices.acpi_pm import (
     PM1_CNT_LEN,
     PM1_CNT_OFFSET,
@@ -36,10 +38,7 @@ from vmd.devices.acpi_pm import (
 )
 from vmd.memory import IOAPIC_ADDRESS, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory
 
-ACPI_AREA_START = 0xE0000  # direct boot: RSDP here, the other tables after it
-ACPI_AREA_END = 0xF0000  # the MP table starts here
-RSDP_ADDRESS = ACPI_AREA_START
-TABLES_ADDRESS = ACPI_AREA_START + 0x40  # 64-byte aligned, as the FACS must be (5.2.10)
+TABLES_OFFSET = 0x40  # from the RSDP: 64-byte aligned, as the FACS must be (5.2.10)
 
 OEM_ID = b"VMD   "
 OEM_TABLE_ID = b"VMD     "
@@ -440,16 +439,17 @@ def build_tables(vcpus: int, base: int, pm_base: int = PM_BASE, sci_irq: int = S
 
 
 def write_tables(mem: GuestMemory, vcpus: int, pci_routes: Iterable[tuple[int, int, int]] = (),
-                 pm_base: int = PM_BASE, sci_irq: int = SCI_IRQ) -> int:
-    """Direct boot: write the RSDP at 0xE0000 and the tables after it. Returns the RSDP address.
-    pci_routes: (slot, INTx pin 0-3, GSI), as for write_mptable."""
-    built = build_tables(vcpus, TABLES_ADDRESS, pm_base, sci_irq, pci_routes)
-    if TABLES_ADDRESS + len(built.tables) > ACPI_AREA_END:
-        raise ValueError("the ACPI tables do not fit below 0xF0000")
-    mem.write(ACPI_AREA_START, bytes(ACPI_AREA_END - ACPI_AREA_START))
-    mem.write(RSDP_ADDRESS, built.rsdp)
-    mem.write(TABLES_ADDRESS, built.tables)
-    return RSDP_ADDRESS
+                 pm_base: int = PM_BASE, sci_irq: int = SCI_IRQ, address: int = ACPI_AREA_ADDRESS) -> int:
+    """Direct boot: write the RSDP at address (the ACPI area the boot loader placed, ACPI_AREA_SIZE bytes)
+    and the tables after it. Returns the RSDP address. pci_routes: (slot, INTx pin 0-3, GSI), as for
+    write_mptable."""
+    built = build_tables(vcpus, address + TABLES_OFFSET, pm_base, sci_irq, pci_routes)
+    if TABLES_OFFSET + len(built.tables) > ACPI_AREA_SIZE:
+        raise ValueError(f"the ACPI tables do not fit in {ACPI_AREA_SIZE} bytes")
+    mem.write(address, bytes(ACPI_AREA_SIZE))
+    mem.write(address, built.rsdp)
+    mem.write(address + TABLES_OFFSET, built.tables)
+    return address
 
 
 # -- QEMU's BIOS linker/loader (hw/acpi/bios-linker-loader.c), executed by SeaBIOS src/fw/romfile_loader.c

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vmd.boot.state import BootOptions, BootPlan, CpuState, flat_segment
 from vmd.boot.x86 import (
+    BOOT_AREAS,
     BOOTARGS_PAGE,
     PAGE_SIZE,
     SEL_CODE32,
@@ -24,8 +25,12 @@ from vmd.boot.x86 import (
     STACK_TOP,
     BadImage,
     BootInfoArea,
+    Ranges,
     align_up,
     check_destination,
+    encode_cmdline,
+    place_boot_area,
+    place_tables,
     write_cmdline,
     write_gdt,
     write_identity_page_tables,
@@ -194,26 +199,25 @@ def _loadable(image: ElfImage) -> list[Segment]:
             if s.type == PT_LOAD and s.flags & (PF_R | PF_W | PF_X) and max(s.filesz, s.memsz) > 0]
 
 
-def _load_segments(image: ElfImage, mem: GuestMemory, address_mask: int | None) -> tuple[int, int]:
+def _load_segments(image: ElfImage, mem: GuestMemory, address_mask: int | None,
+                   areas: tuple[tuple[int, int, str], ...] = BOOT_AREAS) -> Ranges:
     """Copy the PT_LOAD segments to their (masked) physical addresses and zero their BSS.
 
-    Returns (lowest address, end of the highest segment)."""
+    Returns the [start, end) range of each segment, in program-header order."""
     segments = _loadable(image)
     if not segments:
         raise BadImage("ELF file has no loadable segments")
-    low, high = 1 << 64, 0
-    placed: list[tuple[int, int]] = []
+    placed: Ranges = []
     for segment in segments:
         address = segment.paddr & address_mask if address_mask is not None else segment.paddr
         size = max(segment.filesz, segment.memsz)
-        check_destination(mem, address, size, "ELF segment")
-        placed.append((address, size))
-        low, high = min(low, address), max(high, address + size)
-    for segment, (address, _size) in zip(segments, placed, strict=True):
+        check_destination(mem, address, size, "ELF segment", areas)
+        placed.append((address, address + size))
+    for segment, (address, _end) in zip(segments, placed, strict=True):
         mem.write(address, image.data[segment.offset : segment.offset + segment.filesz])
         if segment.memsz > segment.filesz:
             mem.write(address + segment.filesz, bytes(segment.memsz - segment.filesz))
-    return low, high
+    return placed
 
 
 # -- OpenBSD boot protocol (vmd loadfile_elf.c; OpenBSD sys/arch/amd64/include/biosvar.h) -------------
@@ -336,13 +340,15 @@ def load_openbsd(image: ElfImage, mem: GuestMemory, options: BootOptions) -> Boo
     if options.initrd:
         raise BadImage("OpenBSD kernels take no initrd")
     howto = openbsd_howto(options.cmdline)
-    _low, kernel_end = _load_segments(image, mem, OPENBSD_ADDRESS_MASK)
+    placed = _load_segments(image, mem, OPENBSD_ADDRESS_MASK)
+    kernel_end = max(end for _start, end in placed)
     for segment in image.segments:
         if segment.type == PT_OPENBSD_RANDOMIZE and segment.filesz:
             address = segment.paddr & OPENBSD_ADDRESS_MASK
             check_destination(mem, address, segment.filesz, "PT_OPENBSD_RANDOMIZE segment")
             mem.write(address, os.urandom(segment.filesz))
     end = _copy_symbols(image, mem, kernel_end)
+    acpi_at, mptable_at = place_tables([*placed, (kernel_end, end)])
     e820 = mem.e820()
     bootargs = openbsd_bootargs(e820, options.boot_mac if options.boot_device == "net" else None)
     if len(bootargs) > PAGE_SIZE:
@@ -367,7 +373,7 @@ def load_openbsd(image: ElfImage, mem: GuestMemory, options: BootOptions) -> Boo
         cpu = CpuState.flat32(entry, gdt_base, gdt_limit)
         kind = "openbsd-elf32"
     cpu.gprs["rsp"] = stack_pointer
-    return BootPlan(kind=kind, cpu=cpu, e820=e820,
+    return BootPlan(kind=kind, cpu=cpu, e820=e820, acpi_address=acpi_at, mptable_address=mptable_at,
                     description=f"OpenBSD ELF{64 if image.is64 else 32} kernel, entry {entry:#x},"
                                 f" end {end:#x}")
 
@@ -414,7 +420,9 @@ def place_module(mem: GuestMemory, size: int, above: int, what: str) -> int:
 
 def load_pvh(image: ElfImage, mem: GuestMemory, options: BootOptions, entry: int) -> BootPlan:
     """Boot a kernel through its PVH entry point (Xen's HVM direct boot ABI, docs/misc/pvh.pandoc)."""
-    _low, kernel_end = _load_segments(image, mem, None)
+    placed = _load_segments(image, mem, None)
+    kernel_end = max(end for _start, end in placed)
+    acpi_at, mptable_at = place_tables(placed)
     e820 = mem.e820()
     info = BootInfoArea(mem)
     cmdline_at, _length = write_cmdline(mem, options.cmdline)
@@ -427,13 +435,13 @@ def load_pvh(image: ElfImage, mem: GuestMemory, options: BootOptions, entry: int
         mem.write(module_at, data)
         modlist_at = info.put(HVM_MODLIST_ENTRY.pack(module_at, len(data), 0, 0))
         modules = 1
-    start_info = HVM_START_INFO.pack(HVM_START_MAGIC, 1, 0, modules, modlist_at, cmdline_at, options.rsdp,
-                                     memmap_at, len(e820), 0)
+    start_info = HVM_START_INFO.pack(HVM_START_MAGIC, 1, 0, modules, modlist_at, cmdline_at,
+                                     acpi_at if options.acpi else 0, memmap_at, len(e820), 0)
     start_info_at = info.put(start_info)
     gdt_base, gdt_limit = write_gdt(mem)
     cpu = CpuState.flat32(entry, gdt_base, gdt_limit)
     cpu.gprs.update(rbx=start_info_at, rsp=STACK_TOP)
-    return BootPlan(kind="pvh", cpu=cpu, e820=e820,
+    return BootPlan(kind="pvh", cpu=cpu, e820=e820, acpi_address=acpi_at, mptable_address=mptable_at,
                     description=f"PVH ELF{64 if image.is64 else 32} kernel, entry {entry:#x}")
 
 
@@ -487,8 +495,8 @@ def find_multiboot_header(data: bytes) -> MultibootHeader | None:
     return None
 
 
-def _load_aout_kludge(data: bytes, header: MultibootHeader, mem: GuestMemory) -> tuple[int, int]:
-    """Load by the header's address fields (3.1.3). Returns (entry, end of the loaded image)."""
+def _load_aout_kludge(data: bytes, header: MultibootHeader, mem: GuestMemory) -> tuple[int, Ranges]:
+    """Load by the header's address fields (3.1.3). Returns (entry, [start, end) of the loaded image)."""
     if header.load_addr > header.header_addr:
         raise BadImage("multiboot load_addr is above header_addr")
     file_start = header.offset - (header.header_addr - header.load_addr)
@@ -506,45 +514,58 @@ def _load_aout_kludge(data: bytes, header: MultibootHeader, mem: GuestMemory) ->
     bss_end = header.bss_end_addr or end
     if bss_end < end:
         raise BadImage("multiboot bss_end_addr is below load_end_addr")
-    check_destination(mem, header.load_addr, bss_end - header.load_addr, "multiboot image")
+    check_destination(mem, header.load_addr, bss_end - header.load_addr, "multiboot image", areas=())
     mem.write(header.load_addr, data[file_start : file_start + size])
     if bss_end > end:
         mem.write(end, bytes(bss_end - end))
-    return header.entry_addr, bss_end
+    return header.entry_addr, [(header.load_addr, bss_end)]
 
 
 def load_multiboot(data: bytes, image: ElfImage | None, header: MultibootHeader, mem: GuestMemory,
                    options: BootOptions) -> BootPlan:
-    """Boot a Multiboot 0.6.96 kernel: ELF segments, or the a.out kludge when flag 16 is set."""
+    """Boot a Multiboot 0.6.96 kernel: ELF segments, or the a.out kludge when flag 16 is set.
+
+    The kernel may be linked anywhere in RAM, as GRUB and QEMU allow: vmd's own structures (boot
+    information, GDT, stack, command line, ACPI and MP tables) go where it is not. The command line starts
+    with the kernel's path, as GRUB and QEMU give it (kernels read it as argv[0])."""
     unknown = header.flags & 0xFFFF & ~MB_KNOWN_FLAGS
     if unknown:
         raise BadImage(f"multiboot header asks for unsupported features (flags {unknown:#x})")
     if header.flags & MB_AOUT_KLUDGE:
-        entry, end = _load_aout_kludge(data, header, mem)
+        entry, occupied = _load_aout_kludge(data, header, mem)
     elif image is not None:
         for segment in _loadable(image):
             if segment.paddr + max(segment.filesz, segment.memsz) > 1 << 32:
                 raise BadImage(f"multiboot ELF segment at {segment.paddr:#x} is above 4 GiB")
-        _low, end = _load_segments(image, mem, None)
+        occupied = _load_segments(image, mem, None, areas=())
         entry = image.entry
     else:
         raise BadImage("multiboot header without load addresses (flag 16) in a file that is not ELF")
     if entry >> 32 or not mem.contains(entry, 1):
         raise BadImage(f"multiboot entry point {entry:#x} is outside guest memory")
+    end = max(end for _start, end in occupied)
+    module = b""
+    module_at = 0
+    if options.initrd:
+        module = _read_initrd(options.initrd)
+        module_at = place_module(mem, len(module), end, f"initrd {options.initrd}")
+        mem.write(module_at, module)
+        occupied = [*occupied, (module_at, module_at + len(module))]
+    cmdline = encode_cmdline(" ".join(word for word in (options.kernel_path, options.cmdline) if word))
+    area = place_boot_area(mem, occupied, len(cmdline))
+    acpi_at, mptable_at = place_tables(occupied)
 
     e820 = mem.e820()
-    info = BootInfoArea(mem)
+    info = BootInfoArea(mem, area.info_start, area.info_end)
     info_at = info.put(bytes(MB_INFO_SIZE))
     flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
-    cmdline_at, _length = write_cmdline(mem, options.cmdline)
+    mem.write(area.cmdline, cmdline + b"\0")
+    cmdline_at = area.cmdline
     mmap = b"".join(MB_MMAP_ENTRY.pack(MB_MMAP_ENTRY.size - 4, e.address, e.size, e.type) for e in e820)
     mmap_at = info.put(mmap)
     loader_name_at = info.put(MB_LOADER_NAME)
     mods_count = mods_at = 0
     if options.initrd:
-        module = _read_initrd(options.initrd)
-        module_at = place_module(mem, len(module), end, f"initrd {options.initrd}")
-        mem.write(module_at, module)
         name = options.initrd.encode("utf-8", "surrogateescape") + b"\0"
         try:
             string_at = info.put(name, 1)
@@ -558,10 +579,10 @@ def load_multiboot(data: bytes, image: ElfImage | None, header: MultibootHeader,
     mem.write(info_at, struct.pack("<7I", flags, mem_lower, mem_upper, 0, cmdline_at, mods_count, mods_at))
     mem.write(info_at + 44, struct.pack("<II", len(mmap), mmap_at))
     mem.write(info_at + 64, struct.pack("<I", loader_name_at))
-    gdt_base, gdt_limit = write_gdt(mem)
+    gdt_base, gdt_limit = write_gdt(mem, area.gdt)
     cpu = CpuState.flat32(entry, gdt_base, gdt_limit)
-    cpu.gprs.update(rax=MULTIBOOT_BOOTLOADER_MAGIC, rbx=info_at, rsp=STACK_TOP)
+    cpu.gprs.update(rax=MULTIBOOT_BOOTLOADER_MAGIC, rbx=info_at, rsp=area.stack_top)
     how = "a.out kludge" if header.flags & MB_AOUT_KLUDGE else "ELF"
-    return BootPlan(kind="multiboot", cpu=cpu, e820=e820,
+    return BootPlan(kind="multiboot", cpu=cpu, e820=e820, acpi_address=acpi_at, mptable_address=mptable_at,
                     description=f"multiboot kernel ({how}), entry {entry:#x}")
 

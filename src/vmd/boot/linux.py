@@ -17,6 +17,7 @@ from vmd.boot.x86 import (
     align_down,
     check_destination,
     pack_e820,
+    place_tables,
     write_cmdline,
     write_identity_page_tables,
     write_linux_gdt,
@@ -124,7 +125,8 @@ def load_bzimage(data: bytes, mem: GuestMemory, options: BootOptions) -> BootPla
     zero[OFF_LOADFLAGS] |= CAN_USE_HEAP
     struct.pack_into("<H", zero, OFF_HEAP_END_PTR, HEAP_END)
     struct.pack_into("<I", zero, OFF_CODE32_START, load)
-    struct.pack_into("<Q", zero, OFF_ACPI_RSDP_ADDR, options.rsdp)
+    acpi_at, mptable_at = place_tables([(load, needed_end)])
+    struct.pack_into("<Q", zero, OFF_ACPI_RSDP_ADDR, acpi_at if options.acpi else 0)
 
     cmdline_at, _length = write_cmdline(mem, options.cmdline, limit=cmdline_size)
     struct.pack_into("<I", zero, OFF_CMD_LINE_PTR, cmdline_at)
@@ -169,6 +171,6 @@ def load_bzimage(data: bytes, mem: GuestMemory, options: BootOptions) -> BootPla
         cpu = CpuState.flat32(entry, gdt_base, gdt_limit, code_selector=0x10, data_selector=0x18)
     cpu.gprs.update(rsi=ZERO_PAGE, rsp=STACK_TOP)
     mode = "64-bit" if long_mode else "32-bit"
-    return BootPlan(kind="linux-bzimage", cpu=cpu, e820=e820,
+    return BootPlan(kind="linux-bzimage", cpu=cpu, e820=e820, acpi_address=acpi_at, mptable_address=mptable_at,
                     description=f"Linux bzImage, boot protocol {version >> 8}.{version & 0xFF:02d},"
                                 f" {mode} entry at {entry:#x}")

@@ -143,7 +143,8 @@ class BootOptions:
     initrd: str | None = None
     vcpus: int = 1
     boot_device: str | None = None  # None, "disk", "cdrom", "net" (vmctl -B)
-    rsdp: int = 0  # ACPI RSDP address the machine writes for a direct boot (0: no ACPI tables)
+    acpi: bool = False  # the machine writes ACPI tables for a direct boot: loaders pass the RSDP on
+    kernel_path: str = ""  # the kernel as the user named it (Multiboot's command line starts with it)
     boot_mac: bytes | None = None  # `boot device net`: the first NIC's MAC, for OpenBSD's BOOTARG_BOOTMAC
 
 
@@ -158,6 +159,8 @@ class BootPlan:
     fw_cfg_files: dict[str, bytes] = field(default_factory=dict)
     fw_cfg_items: dict[int, bytes] = field(default_factory=dict)
     needs_mptable: bool = True  # direct boot: the machine writes an MP table; SeaBIOS writes its own
+    acpi_address: int = 0  # direct boot: where the machine writes the RSDP and ACPI tables (x86.place_tables)
+    mptable_address: int = 0  # direct boot: where the machine writes the MP table
     description: str = ""
 
 

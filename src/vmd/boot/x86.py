@@ -13,16 +13,21 @@ Fixed guest-physical layout of a direct (non-BIOS) boot; see docs/platform.md:
                        the Linux boot-protocol GDT (0x10 code, 0x18 data) follows at 0x10080
     0x11000            PML4, 0x12000 PDPT, 0x13000 - 0x16FFF up to four page directories
     0x20000 - 0x2FFFF  kernel command line
-    0xE0000 - 0xEFFFF  ACPI RSDP (at 0xE0000) and tables (boot/acpi.py, written by the machine)
-    0xF0000 - 0xFFFFF  MP floating pointer and configuration table (written by the machine)
+    0xE0000 - 0xE3FFF  ACPI RSDP (at 0xE0000) and tables (boot/acpi.py, written by the machine)
+    0xF0000 - 0xF07FF  MP floating pointer and configuration table (written by the machine)
 
-Kernels, initrds and modules must stay clear of [0, LOW_BOOT_END) and of the ACPI and MP table areas.
+Kernels booted with vmd's own protocols (OpenBSD, Linux, PVH) must stay clear of [0, LOW_BOOT_END), as with
+OpenBSD's vmd. A Multiboot kernel may be linked anywhere in RAM: where it covers these pages, the structures
+its boot needs move to free memory (place_boot_area). The ACPI and MP tables go to their usual addresses when
+the kernel leaves them free, else wherever it leaves room in 0xE0000-0xFFFFF (place_tables), the range where
+operating systems look for them.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from vmd.memory import (
     E820_RAM,
@@ -51,14 +56,14 @@ CMDLINE_ADDRESS = 0x20000
 CMDLINE_MAX = 0x10000  # bytes, including the terminating NUL
 LOW_BOOT_END = 0x30000  # everything below is ours during a direct boot
 ACPI_AREA_ADDRESS = 0xE0000
+ACPI_AREA_SIZE = 0x4000  # the RSDP and every table (boot/acpi.py checks they fit)
 MPTABLE_ADDRESS = 0xF0000
-MPTABLE_END = 0x100000
+MPTABLE_SIZE = 0x800  # floating pointer and configuration table for 254 CPUs would not fit; 64 do
+TABLE_WINDOW = (0xE0000, 0x100000)  # where the legacy scans for the RSDP and the MP floating pointer look
 
-# Reserved ranges a kernel image may not overwrite: (start, end, what).
+# Reserved ranges a kernel image booted with a fixed layout may not overwrite: (start, end, what).
 BOOT_AREAS: tuple[tuple[int, int, str], ...] = (
     (0, LOW_BOOT_END, "the boot pages below 0x30000"),
-    (ACPI_AREA_ADDRESS, MPTABLE_ADDRESS, "the ACPI table area at 0xE0000"),
-    (MPTABLE_ADDRESS, MPTABLE_END, "the MP table area at 0xF0000"),
 )
 
 # GDT selectors of the vmd GDT (vmd loadfile_elf.c push_gdt)
@@ -84,16 +89,86 @@ def align_down(value: int, alignment: int) -> int:
 
 # -- destination checks ------------------------------------------------------------------------------
 
-def check_destination(mem: GuestMemory, address: int, size: int, what: str) -> None:
+def check_destination(mem: GuestMemory, address: int, size: int, what: str,
+                      areas: tuple[tuple[int, int, str], ...] = BOOT_AREAS) -> None:
     """Refuse a load of size bytes at address outside RAM or over the fixed boot areas."""
     if size == 0:
         return
     if address < 0 or size < 0 or not mem.contains(address, size):
         raise BadImage(f"{what} at {address:#x}-{address + size:#x} is outside guest memory"
                        f" ({mem.size >> 20} MiB)")
-    for start, end, name in BOOT_AREAS:
+    for start, end, name in areas:
         if address < end and start < address + size:
             raise BadImage(f"{what} at {address:#x}-{address + size:#x} overlaps {name}")
+
+
+# -- placement around what the kernel occupies ---------------------------------------------------------
+
+Ranges = list[tuple[int, int]]  # [start, end) of guest-physical memory
+
+
+def find_free(occupied: Ranges, size: int, alignment: int, windows: Ranges, prefer: int | None = None) -> int | None:
+    """The preferred address when [prefer, prefer+size) is free, else the lowest aligned address in one of
+    the windows where size bytes clash with no occupied range; None when there is none."""
+
+    def clash(address: int) -> tuple[int, int] | None:
+        return next(((s, e) for s, e in occupied if s < address + size and address < e), None)
+
+    if prefer is not None and clash(prefer) is None:
+        return prefer
+    for low, high in windows:
+        address = align_up(low, alignment)
+        while address + size <= high:
+            hit = clash(address)
+            if hit is None:
+                return address
+            address = align_up(hit[1], alignment)
+    return None
+
+
+def place_tables(occupied: Ranges) -> tuple[int, int]:
+    """Addresses for the ACPI area (RSDP first) and the MP table: vmd's usual ones when the kernel leaves
+    them free, else room it leaves in 0xE0000-0xFFFFF. Returns (acpi address, MP table address)."""
+    acpi = find_free(occupied, ACPI_AREA_SIZE, 64, [TABLE_WINDOW], prefer=ACPI_AREA_ADDRESS)
+    if acpi is None:
+        raise BadImage("the kernel leaves no room for the ACPI tables between 0xE0000 and 0x100000")
+    mptable = find_free([*occupied, (acpi, acpi + ACPI_AREA_SIZE)], MPTABLE_SIZE, 16, [TABLE_WINDOW],
+                        prefer=MPTABLE_ADDRESS)
+    if mptable is None:
+        raise BadImage("the kernel leaves no room for the MP table between 0xE0000 and 0x100000")
+    return acpi, mptable
+
+
+@dataclass
+class BootArea:
+    """Where a direct boot's own structures go: vmd's fixed pages (the defaults), or a block of free memory
+    for a Multiboot kernel that covers them."""
+
+    info_start: int = BOOT_INFO_START
+    info_end: int = BOOT_INFO_END
+    stack_top: int = STACK_TOP
+    gdt: int = GDT_ADDRESS
+    cmdline: int = CMDLINE_ADDRESS
+
+
+BOOT_AREA_INFO_SIZE = BOOT_INFO_END - BOOT_INFO_START
+
+
+def place_boot_area(mem: GuestMemory, occupied: Ranges, cmdline_size: int) -> BootArea:
+    """vmd's fixed boot pages if the kernel leaves them free; else one block, in free RAM below the PCI
+    hole, holding the boot information, a stack page, the GDT and the command line."""
+    fixed = BootArea()
+    if all(end <= BOOT_INFO_START or LOW_BOOT_END <= start for start, end in occupied):
+        return fixed
+    cmdline_room = align_up(cmdline_size + 1, 16)
+    size = BOOT_AREA_INFO_SIZE + PAGE_SIZE + PAGE_SIZE + cmdline_room  # info, stack, GDT page, command line
+    windows = [(PAGE_SIZE, 0x9F000), (0x100000, mem.low_ram_end)]
+    base = find_free(occupied, size, PAGE_SIZE, windows)
+    if base is None:
+        raise BadImage(f"the kernel leaves no room in guest memory ({mem.size >> 20} MiB) for its boot information")
+    stack_page = base + BOOT_AREA_INFO_SIZE
+    return BootArea(info_start=base, info_end=stack_page, stack_top=stack_page + PAGE_SIZE,
+                    gdt=stack_page + PAGE_SIZE, cmdline=stack_page + 2 * PAGE_SIZE)
 
 
 def low_ram_top(mem: GuestMemory) -> int:
@@ -118,11 +193,11 @@ DATA_DESCRIPTOR = gdt_entry(0, 0xFFFFF, 0x93, 0xC)  # present, read/write, acces
 CODE64_DESCRIPTOR = gdt_entry(0, 0xFFFFF, 0x9B, 0xA)  # present, execute/read, accessed; G=1 L=1
 
 
-def write_gdt(mem: GuestMemory) -> tuple[int, int]:
-    """The vmd GDT at 0x10000: null, 0x08 code32, 0x10 data, 0x18 code64. Returns (base, limit)."""
+def write_gdt(mem: GuestMemory, address: int = GDT_ADDRESS) -> tuple[int, int]:
+    """The vmd GDT (at 0x10000): null, 0x08 code32, 0x10 data, 0x18 code64. Returns (base, limit)."""
     entries = (0, CODE32_DESCRIPTOR, DATA_DESCRIPTOR, CODE64_DESCRIPTOR)
-    mem.write(GDT_ADDRESS, struct.pack("<4Q", *entries))
-    return GDT_ADDRESS, len(entries) * 8 - 1
+    mem.write(address, struct.pack("<4Q", *entries))
+    return address, len(entries) * 8 - 1
 
 
 def write_linux_gdt(mem: GuestMemory, long_mode: bool) -> tuple[int, int]:
@@ -205,15 +280,22 @@ class BootInfoArea:
         return address
 
 
-def write_cmdline(mem: GuestMemory, cmdline: str, limit: int = CMDLINE_MAX - 1) -> tuple[int, int]:
-    """Write the NUL-terminated command line at 0x20000. Returns (address, length without the NUL)."""
+def encode_cmdline(cmdline: str, limit: int = CMDLINE_MAX - 1) -> bytes:
+    """The command line as the kernel gets it, without the NUL; refused when it holds one or is too long."""
     data = cmdline.encode("utf-8", "surrogateescape")
     if b"\0" in data:
         raise BadImage("the kernel command line contains a NUL byte")
     if len(data) > min(limit, CMDLINE_MAX - 1):
         raise BadImage(f"command line too long ({len(data)} bytes, at most {min(limit, CMDLINE_MAX - 1)})")
-    mem.write(CMDLINE_ADDRESS, data + b"\0")
-    return CMDLINE_ADDRESS, len(data)
+    return data
+
+
+def write_cmdline(mem: GuestMemory, cmdline: str, limit: int = CMDLINE_MAX - 1,
+                  address: int = CMDLINE_ADDRESS) -> tuple[int, int]:
+    """Write the NUL-terminated command line (at 0x20000). Returns (address, length without the NUL)."""
+    data = encode_cmdline(cmdline, limit)
+    mem.write(address, data + b"\0")
+    return address, len(data)
 
 
 # -- Intel MultiProcessor Specification 1.4 ----------------------------------------------------------
@@ -243,8 +325,10 @@ def _checksum(data: bytes) -> int:
 
 
 def write_mptable(mem: GuestMemory, vcpus: int, irq0_pin: int = 2,
-                  pci_routes: Iterable[tuple[int, int, int]] = (), level_irqs: Iterable[int] = ()) -> None:
-    """Write an MP spec 1.4 floating pointer at 0xF0000 and the configuration table right after it.
+                  pci_routes: Iterable[tuple[int, int, int]] = (), level_irqs: Iterable[int] = (),
+                  address: int = MPTABLE_ADDRESS) -> None:
+    """Write an MP spec 1.4 floating pointer at address (0xF0000; 16-byte aligned, in 0xE0000-0xFFFFF where
+    the spec's scan finds it) and the configuration table right after it, in at most MPTABLE_SIZE bytes.
 
     One processor entry per vCPU (APIC ids 0..vcpus-1, BSP 0), buses PCI 0 and ISA 1, one I/O APIC
     (id = vcpus, 0xFEC00000), ISA IRQ 0-15 to I/O APIC pins (IRQ 0 to irq0_pin, IRQ 2 skipped, others
@@ -284,14 +368,16 @@ def write_mptable(mem: GuestMemory, vcpus: int, irq0_pin: int = 2,
     entries.append(MP_INTERRUPT.pack(MP_ENTRY_LINT, MP_NMI, 0, MP_ISA_BUS, 0, 0xFF, 1))
 
     body = b"".join(entries)
-    table_address = MPTABLE_ADDRESS + MP_FLOATING.size
+    if address % 16 or not TABLE_WINDOW[0] <= address < TABLE_WINDOW[1]:
+        raise ValueError(f"MP floating pointer at {address:#x}: not 16-byte aligned in 0xE0000-0xFFFFF")
+    table_address = address + MP_FLOATING.size
     length = MP_HEADER.size + len(body)
-    if table_address + length > MPTABLE_END:
-        raise ValueError("MP table does not fit below 1 MiB")
+    if MP_FLOATING.size + length > MPTABLE_SIZE:
+        raise ValueError(f"MP table for {vcpus} CPUs does not fit in {MPTABLE_SIZE} bytes")
     header = MP_HEADER.pack(b"PCMP", length, MP_SPEC_REV, 0, b"OpenBSD ", b"vmd         ", 0, 0,
                             len(entries), LAPIC_ADDRESS, 0, 0, 0)
     table = bytearray(header + body)
     table[7] = _checksum(bytes(table))
     floating = bytearray(MP_FLOATING.pack(b"_MP_", table_address, 1, MP_SPEC_REV, 0, 0, bytes(4)))
     floating[10] = _checksum(bytes(floating))
-    mem.write(MPTABLE_ADDRESS, bytes(floating) + bytes(table))
+    mem.write(address, bytes(floating) + bytes(table))

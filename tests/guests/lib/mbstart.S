@@ -1,7 +1,8 @@
 /* Multiboot (v1, spec 0.6.96) header and 32-bit entry shared by the multiboot
  * guests. Built twice: as a plain ELF (flags: page-align modules + memory info)
  * and, with -DAOUT_KLUDGE, with flag bit 16 and the address fields filled in, so
- * the flat binary made by objcopy loads without an ELF parser.
+ * the flat binary made by objcopy loads without an ELF parser. With -DMB_HEADER_IN_TEXT the header opens
+ * .text, for guests linked by a plain `ld -Ttext=...` (no linker script) as people link small kernels.
  * Entry state (spec 3.2): EAX = 0x2BADB002, EBX = info, flat segments, paging off;
  * GDTR/IDTR unspecified, so we load our own and switch to our own stack. */
 #define MB_MAGIC 0x1BADB002
@@ -11,7 +12,11 @@
 #define MB_FLAGS 0x00000003
 #endif
 
+#ifdef MB_HEADER_IN_TEXT
+    .text               /* first in .text: found in the first 8 KiB when linked without our script */
+#else
     .section .multiboot, "a"
+#endif
     .p2align 2
     .globl mb_header
 mb_header:
