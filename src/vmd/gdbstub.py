@@ -31,6 +31,7 @@ SIGINT = 2
 SIGTRAP = 5
 STOP_TIMEOUT = 5.0  # how long a newly connected debugger waits for the running VM to stop
 SEND_TIMEOUT = 10.0
+CLOSE_LINGER = 1.0  # how long a closing connection waits for the debugger's last acks
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _ESCAPED = frozenset(b"$#}*")
 
@@ -709,13 +710,21 @@ class GdbServer:
                 self._session.closed = True
 
     def _drop_client(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except OSError:
-                pass
+        """Close the connection gracefully: what we sent last (W, OK) is read, not lost to a reset."""
+        client = self._client
         self._client = None
         self._session = None
+        if client is None:
+            return
+        try:
+            client.shutdown(socket.SHUT_WR)
+            client.settimeout(CLOSE_LINGER)
+            deadline = time.monotonic() + CLOSE_LINGER
+            while time.monotonic() < deadline and client.recv(4096):
+                pass  # the debugger's last acks
+        except OSError:
+            pass
+        client.close()
 
 
 # -- where to listen ----------------------------------------------------------------------------------------------
