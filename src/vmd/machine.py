@@ -38,7 +38,7 @@ from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
-from vmd.platform import KvmIrqLine, MachinePlatform
+from vmd.platform import KvmIrqLine, MachinePlatform, start_pit
 from vmd.vcpu_loop import RunLoop, best_run_loop
 
 log = logging.getLogger("vmd.machine")
@@ -210,6 +210,7 @@ class Machine:
         self.vm.set_tss_address()
         self.vm.create_irqchip()
         self.vm.create_pit2()
+        start_pit(self.vm)
         self.memory = GuestMemory(spec.memory, f"vm/{spec.name}")
         for region in self.memory.ram_regions():
             self.vm.add_memory(region.guest_address, region.size, self.memory.host_address(region))

@@ -35,6 +35,17 @@ def pc_irq_routing() -> list[k.kvm_irq_routing_entry]:
     return entries
 
 
+def start_pit(vm: Vm) -> None:
+    """Set the in-kernel PIT's counter 0 counting down from 0xFFFF (mode 0, lo/hi access), as OpenBSD's vmd
+    starts its i8253 and a PC BIOS leaves it running. KVM's PIT starts with no mode, its counters frozen;
+    kernels that delay by reading counter 0 before they program it (OpenBSD/i386 does) would wait forever."""
+    state = vm.get_pit2()
+    counter = state.channels[0]
+    counter.count, counter.mode, counter.bcd, counter.gate = 0xFFFF, 0, 0, 1
+    counter.rw_mode = counter.read_state = counter.write_state = k.PIT_RW_LSB_MSB
+    vm.set_pit2(state)
+
+
 def _irqchip_route(gsi: int, chip: int, pin: int) -> k.kvm_irq_routing_entry:
     entry = k.kvm_irq_routing_entry(gsi=gsi, type=k.KVM_IRQ_ROUTING_IRQCHIP)
     entry.u.irqchip.irqchip = chip

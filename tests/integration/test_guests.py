@@ -46,7 +46,7 @@ def initrd(tmp_path: Path) -> Path:
 def test_multiboot_gets_memory_map_cmdline_initrd_and_platform(vmd_run: Callable[..., Run], guests: dict[str, Path],
                                                                initrd: Path) -> None:
     data = initrd.read_bytes()
-    append = (f"tests=mem,cmdline,initrd,pci,mptable,rtc,pit,ioapic,lapic mem={48 * MiB} expect=hello-world"
+    append = (f"tests=pit0,mem,cmdline,initrd,pci,mptable,rtc,pit,ioapic,lapic mem={48 * MiB} expect=hello-world"
               f" initrd_size={len(data)} initrd_sum={fnv1a32(data):08x}")
     before = time.time()
     result = vmd_run("-m", "48M", "-b", str(guests["multiboot"]), "--initrd", str(initrd), "--append", append, "mb")

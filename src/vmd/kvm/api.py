@@ -137,6 +137,15 @@ class Vm:
         config = k.kvm_pit_config(flags=k.KVM_PIT_SPEAKER_DUMMY)
         ioctl_buffer(self.fd, k.KVM_CREATE_PIT2, config, "KVM_CREATE_PIT2")
 
+    def get_pit2(self) -> k.kvm_pit_state2:
+        state = k.kvm_pit_state2()
+        ioctl_buffer(self.fd, k.KVM_GET_PIT2, state, "KVM_GET_PIT2")
+        return state
+
+    def set_pit2(self, state: k.kvm_pit_state2) -> None:
+        """Load the in-kernel PIT's counters; KVM restarts each with its count and mode."""
+        ioctl_buffer(self.fd, k.KVM_SET_PIT2, state, "KVM_SET_PIT2")
+
     def irq_line(self, irq: int, level: int) -> None:
         ioctl_buffer(self.fd, k.KVM_IRQ_LINE, k.kvm_irq_level(irq, level), "KVM_IRQ_LINE")
 

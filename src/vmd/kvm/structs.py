@@ -128,6 +128,19 @@ class kvm_pit_config(ctypes.Structure):  # api.rst 4.61
 KVM_PIT_SPEAKER_DUMMY = 1
 
 
+class kvm_pit_channel_state(ctypes.Structure):  # api.rst 4.75 KVM_GET_PIT2 (one i8254 counter)
+    _fields_ = [("count", u32), ("latched_count", u16), ("count_latched", u8), ("status_latched", u8),
+                ("status", u8), ("read_state", u8), ("write_state", u8), ("write_latch", u8), ("rw_mode", u8),
+                ("mode", u8), ("bcd", u8), ("gate", u8), ("count_load_time", ctypes.c_int64)]
+
+
+class kvm_pit_state2(ctypes.Structure):  # api.rst 4.75/4.76 KVM_GET_PIT2 / KVM_SET_PIT2
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", u32), ("reserved", u32 * 9)]
+
+
+PIT_RW_LSB_MSB = 3  # i8254 access mode: least then most significant byte (RW_STATE_WORD0 in KVM's i8254.c)
+
+
 class kvm_ioeventfd(ctypes.Structure):  # api.rst 4.59
     _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", s32), ("flags", u32),
                 ("pad", u8 * 36)]
@@ -222,6 +235,8 @@ KVM_SET_GSI_ROUTING = _iow(0x6A, 8)
 KVM_IRQFD = _iow(0x76, ctypes.sizeof(kvm_irqfd))
 KVM_CREATE_PIT2 = _iow(0x77, ctypes.sizeof(kvm_pit_config))
 KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(kvm_ioeventfd))
+KVM_GET_PIT2 = _ior(0x9F, ctypes.sizeof(kvm_pit_state2))
+KVM_SET_PIT2 = _iow(0xA0, ctypes.sizeof(kvm_pit_state2))
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, ctypes.sizeof(kvm_regs))
 KVM_SET_REGS = _iow(0x82, ctypes.sizeof(kvm_regs))

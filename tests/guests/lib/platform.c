@@ -153,8 +153,29 @@ static void check_lapic(void)
         fail("lapic", "%d LAPIC timer interrupts (want 5)", n);
 }
 
+/* Counter 0 runs before the guest programs it, as after a BIOS (and OpenBSD's vmd): kernels such as
+ * OpenBSD/i386 delay by reading it before they set the timer up. Must run before any other PIT use. */
+static void check_pit0_running(void)
+{
+    unsigned first, now = 0;
+    outb(0x43, 0x00);                            /* latch counter 0 */
+    first = inb(0x40);
+    first |= (unsigned)inb(0x40) << 8;
+    uint64_t t0 = rdtsc();
+    do {
+        outb(0x43, 0x00);
+        now = inb(0x40);
+        now |= (unsigned)inb(0x40) << 8;
+    } while (now == first && rdtsc() - t0 < TIMEOUT);
+    if (now != first)
+        ok("pit0");
+    else
+        fail("pit0", "counter 0 stays at %04x before the guest programs it", first);
+}
+
 void run_platform_checks(const char *tests)
 {
+    if (list_has(tests, "pit0")) check_pit0_running();
     if (list_has(tests, "pci")) check_pci();
     if (list_has(tests, "mptable")) check_mptable();
     if (list_has(tests, "rtc")) check_rtc();
