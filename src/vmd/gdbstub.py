@@ -574,6 +574,10 @@ class GdbServer:
                 log.exception("gdb: server error")
                 self._drop_client()
                 time.sleep(0.1)
+        try:
+            self._poll_target()  # a VM that has just ended: the debugger hears of it
+        except Exception:
+            log.exception("gdb: server error")
 
     def _step(self) -> None:
         with self._lock:

@@ -2,7 +2,7 @@
 
 It receives, over a SOCK_SEQPACKET socketpair on the fd named in argv, one JSON message describing the VM
 with the file descriptors it needs (SCM_RIGHTS): the console pty's master side, the kernel and the initrd, each
-disk and its backing files, the CD-ROM image and the taps.
+disk and its backing files, the CD-ROM image, the taps, and the GDB stub's listening socket (vm.conf `gdb`).
 It builds the machine while still root (/dev/kvm, guest memory), then drops to the unprivileged user vmd
 names, with no new privileges, and runs the guest. It holds nothing but what it was handed.
 
@@ -24,6 +24,7 @@ import sys
 import threading
 
 from vmd.console import Console
+from vmd.gdbstub import GdbServer
 from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, NicSpec, Outcome
 
 EXIT_REBOOT = 75
@@ -169,9 +170,16 @@ def vm_process(control_fd: int) -> int:
             send_message(sock, {"event": "exit", "kind": "error", "status": 1,
                                 "message": f"cannot drop privileges to {user}: {error}"})
             return 1
+    gdb = None
+    if "gdb" in fd_map and machine.debug is not None:  # served from here on, after the privilege drop
+        gdb = GdbServer(socket.socket(fileno=fd_map["gdb"]), spec.name)
+        gdb.attach(machine.debug)
+        gdb.start()
     send_message(sock, {"event": "running", "pid": os.getpid(), "run_loop": machine.run_loop_name})
     threading.Thread(target=_commands, args=(sock, machine), name="vmd-control", daemon=True).start()
     outcome: Outcome = machine.run()
+    if gdb is not None:
+        gdb.close()
     machine.close()
     try:
         send_message(sock, {"event": "exit", "kind": outcome.kind, "status": outcome.status,

@@ -130,6 +130,7 @@ def make_instance(parent: VmSpec, name: str, overrides: VmSpec | None = None, re
     out.initrd = req.initrd if req.initrd is not None else parent.initrd
     out.append = req.append if req.append is not None else parent.append
     out.boot_device = req.boot_device if req.boot_device is not None else parent.boot_device
+    out.gdb = req.gdb if req.gdb is not None else parent.gdb  # its socket belongs to the instance's owner
 
     # cdrom
     if req.cdrom is not None and not allowed(allow.cdrom):

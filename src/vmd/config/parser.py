@@ -50,7 +50,8 @@ Friendlier than parse.y (the config files that vmd accepts mean the same here):
 * A VM with nothing to boot (no boot image, disk or cdrom) is an error here, as vmd's vm_register refuses it.
 
 Our extensions, inside a `vm { }` block (words, not keywords, so macros of these names still work):
-  `vcpus N` (1..64), `cpu host|baseline` (the CPU template), `initrd path`, `append "kernel command line"`;
+  `vcpus N` (1..64), `cpu host|baseline` (the CPU template), `initrd path`, `append "kernel command line"`,
+  `gdb [wait]` (a GDB stub on a Unix socket; wait: the guest waits for the debugger at its first instruction);
   and `allow instance vcpus` (lets an instance change `vcpus` and `cpu`).
 """
 
@@ -740,15 +741,24 @@ class Parser:
                 self.block(lambda: self.instance_flag(vm.allow_instance), commas=True)
             else:
                 self.instance_flag(vm.allow_instance)
-        elif tok.kind == lx.STRING and tok.value in ("vcpus", "cpu", "initrd", "append"):
+        elif tok.kind == lx.STRING and tok.value in ("vcpus", "cpu", "initrd", "append", "gdb"):
             self.extension(tok, vm)
         else:
             self.fail(tok)
 
     def extension(self, tok: Token, vm: VmSpec) -> None:
-        """vcpus N, cpu TEMPLATE, initrd PATH, append "CMDLINE" (ours, not OpenBSD's)."""
+        """vcpus N, cpu TEMPLATE, initrd PATH, append "CMDLINE", gdb [wait] (ours, not OpenBSD's)."""
         word = tok.value
-        if word == "vcpus":
+        if word == "gdb":
+            mode = "listen"
+            if self.peek().kind == lx.STRING and self.peek().value == "wait":
+                self.advance()
+                mode = "wait"
+            if vm.gdb is not None:
+                self.error(tok, "gdb specified more than once")
+            else:
+                vm.gdb = mode
+        elif word == "vcpus":
             count = self.number()
             if vm.vcpus is not None:
                 self.error(tok, "vcpus specified more than once")

@@ -159,6 +159,7 @@ class VmSpec:
     cpu: str | None = None
     initrd: str | None = None
     append: str | None = None
+    gdb: str | None = None  # `gdb` ("listen") or `gdb wait` ("wait"): a GDB stub on a Unix socket
     # Where it was declared, for messages
     file: str = ""
     line: int = 0

@@ -8,7 +8,7 @@ named by $VMD_SOCKET.
 Differences from OpenBSD, all deliberate:
   * arguments are checked before connecting to vmd (vmctl connects first), so a bad command line gets its
     own message even when vmd is down;
-  * `start` takes our extensions `-p vcpus`, `--cpu template`, `--initrd path`, `--append cmdline`;
+  * `start` takes our extensions `-p vcpus`, `--cpu template`, `--initrd path`, `--append cmdline`, `--gdb`;
     `status`/`show` take `--json` (the daemon's list, as JSON);
   * `console` and `start -c` use a built-in terminal client (vmd.ctl.console) instead of exec'ing cu(1);
   * `status` prints Linux pty names as `pts/N` (see vmd.ctl.status);
@@ -339,10 +339,12 @@ class StartArgs:
     cpu: str | None = None
     initrd: str | None = None
     append: str | None = None
+    gdb: bool = False
 
 
 def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
-    opts, rest = _opts(cmd, args, "b:B:cd:i:Lm:n:p:r:t:", {"initrd": True, "append": True, "cpu": True})
+    opts, rest = _opts(cmd, args, "b:B:cd:i:Lm:n:p:r:t:", {"initrd": True, "append": True, "cpu": True,
+                                                            "gdb": False})
     a = StartArgs()
     for opt, val in opts:
         if opt == "-b":
@@ -405,6 +407,8 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
             if a.append is not None:
                 raise CtlError("kernel command line specified multiple times")
             a.append = val
+        elif opt == "--gdb":
+            a.gdb = True
     if len(rest) != 1:
         raise Usage(cmd)
     target = vmid_arg(rest[0])
@@ -426,6 +430,7 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
         "local_nics": a.nets.count(".") or None,
         "networks": list(a.nets) or None,  # the same, in command-line order (docs/protocol.md)
         "instance_of": a.instance,
+        "gdb": a.gdb or None,
     }
     resp = ctx.client().request("start", **request)
     if not resp["ok"]:
@@ -442,13 +447,17 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
             if isinstance(w, str):
                 warnx(w)
     tty = resp.get("tty")
+    if not a.console:
+        warnx(f"started vm {vmid} successfully, tty {tty if isinstance(tty, str) and tty else '-'}")
+    gdb = resp.get("gdb")
+    if isinstance(gdb, str) and gdb:
+        wait = " (the guest waits for the debugger)" if a.gdb else ""
+        warnx(f"vm {vmid}: gdb stub on {gdb}: target remote {gdb}{wait}")
     if a.console:
         if not isinstance(tty, str) or not tty:
             raise CtlError("console not found")
         ctx.close()
         run_console(tty)
-        return 0
-    warnx(f"started vm {vmid} successfully, tty {tty if isinstance(tty, str) and tty else '-'}")
     return 0
 
 
@@ -626,7 +635,7 @@ COMMANDS: tuple[Command, ...] = (
         "start",
         "[-cL] [-B device] [-b path] [-d disk] [-i count]\n"
         "\t\t[-m size] [-n switch] [-r path] [-t name] [-p vcpus]\n"
-        "\t\t[--cpu template] [--initrd path] [--append cmdline] id | name",
+        "\t\t[--cpu template] [--initrd path] [--append cmdline] [--gdb] id | name",
         ctl_start,
     ),
     Command("status", "[-r] [--json] [id]", ctl_status),

@@ -68,6 +68,7 @@ def definition_from_spec(spec: VmSpec) -> VmDefinition:
         local_nics=local,
         owner=owner_from_spec(spec.owner),
         enabled=spec.enabled,
+        gdb=spec.gdb,
         config=spec,
         interfaces=spec.all_interfaces(),
     )

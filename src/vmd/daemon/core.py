@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmd.daemon.control import Client, ControlServer, RequestError
+from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
 from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
 from vmd.daemon.registry import (
     DEFAULT_MEMORY,
@@ -83,6 +84,7 @@ class Daemon:
     def __init__(self, socket_path: str, config_path: str, load_config: ConfigLoader, verbose: int = 0,
                  vm_user: str | None = VM_USER) -> None:
         self.socket_path = socket_path
+        self.gdb_dir = os.path.join(os.path.dirname(os.path.abspath(socket_path)), "vmd")  # /run/vmd
         self.config_path = config_path
         self.load_config = load_config
         self.verbose = verbose
@@ -219,6 +221,11 @@ class Daemon:
                                                    "networks")
                      if request.get(key) not in (None, [], 0, "")}
         _check_start_fields(overrides)
+        gdb = request.get("gdb")
+        if gdb is None:
+            gdb = False
+        if not isinstance(gdb, bool):
+            raise RequestError("EINVAL", "invalid field gdb")
         parent_name = request.get("instance_of")
         if parent_name is not None and not isinstance(parent_name, str):
             raise RequestError("EINVAL", "invalid field instance_of")
@@ -247,6 +254,7 @@ class Daemon:
             entry = self.registry.add(definition, configured=False, uid=peer.uid)
         if entry.state == WAITING:
             entry.state = STOPPED
+        entry.gdb_request = "wait" if gdb else None
         try:
             self.start_entry(entry, peer.uid if not entry.configured else (entry.definition.owner.uid or 0),
                              client=client)
@@ -365,10 +373,19 @@ class Daemon:
             }
             if definition.cpu:
                 spec["cpu"] = definition.cpu
+            gdb = entry.gdb_request or definition.gdb
+            if gdb:  # a GDB stub, on a socket only the VM's user (and owner group) can reach
+                try:
+                    files["gdb"], entry.gdb_path = open_gdb_socket(self.gdb_dir, definition.name, run_uid,
+                                                                   definition.owner.gid)
+                except GdbSocketError as error:
+                    raise RequestError("EIO", str(error)) from None
+                spec["debug"], spec["debug_hold"] = True, gdb == "wait"
             process = spawn(definition.name, spec, entry.terminal, files, self._vm_user(), self.verbose)
             files = {}
         except BaseException:
             self._close_interfaces(entry)
+            self._remove_gdb_socket(entry)
             raise
         finally:
             for fd in files.values():
@@ -446,6 +463,11 @@ class Daemon:
             nics.append({"mac": tap.guest_mac, "locked": tap.locked, "dhcp": dhcp})
         return nics
 
+    def _remove_gdb_socket(self, entry: VmEntry) -> None:
+        if entry.gdb_path is not None:
+            remove_gdb_socket(entry.gdb_path)
+            entry.gdb_path = None
+
     def _close_interfaces(self, entry: VmEntry) -> None:
         if entry.taps:
             try:
@@ -482,7 +504,7 @@ class Daemon:
             log.info("started %s (vm %d) successfully, tty %s", entry.name, entry.id, entry.terminal.path)
             for client in entry.start_waiters:
                 client.respond({"id": entry.id, "name": entry.name, "tty": entry.terminal.path, "pid": process.pid,
-                                "warnings": []})
+                                "warnings": [], "gdb": entry.gdb_path})
             entry.start_waiters.clear()
         elif event == "exit":
             process.outcome = message
@@ -537,6 +559,8 @@ class Daemon:
         """vm_terminate: a configured VM stays, stopped; one started ad hoc is forgotten."""
         entry.state = STOPPED
         entry.run_uid = None
+        entry.gdb_request = None
+        self._remove_gdb_socket(entry)
         if entry.terminal is not None:
             entry.terminal.close()
             entry.terminal = None

@@ -34,6 +34,7 @@ class VmDefinition:
     switches: list[str] = field(default_factory=list)
     local_nics: int = 0
     networks: list[str] = field(default_factory=list)  # vmctl start -L/-n in command-line order: "." is -L
+    gdb: str | None = None  # vm.conf `gdb` ("listen") or `gdb wait` ("wait")
     owner: Owner = field(default_factory=Owner)
     enabled: bool = True
     config: Any = None  # the config.VmSpec it came from, for instances
@@ -71,6 +72,8 @@ class VmEntry:
     stop_timer: Any = None
     taps: list[Any] = field(default_factory=list)  # vmd.net.VmInterface, while the VM runs
     last_error: str = ""
+    gdb_request: str | None = None  # vmctl start --gdb: "wait" for this run (guest reboots included)
+    gdb_path: str | None = None  # the GDB stub's socket while the VM runs
 
     @property
     def name(self) -> str:
