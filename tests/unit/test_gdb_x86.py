@@ -187,3 +187,17 @@ def test_layout_choice() -> None:
     assert layout_for(pe | pg, lma, 64) is AMD64
     assert layout_for(pe | pg, lma, None) is AMD64  # 64-bit bzImage entry
     assert layout_for(0x10, 0, None) is AMD64  # firmware, real mode
+
+
+def test_the_stub_adds_no_heavy_imports_to_the_vm_process() -> None:
+    """xml.sax.saxutils, for one, imports urllib: about 7 MiB more in every VM process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vmd.cli, vmd.vmproc\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('urllib', 'xml', 'email', 'http')))")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
