@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 packages="gcc make python3-venv qemu-system-x86 qemu-utils seabios extlinux isolinux syslinux-common
-  xorriso busybox-static e2fsprogs cpio iproute2 iputils-ping mandoc"
+  xorriso busybox-static e2fsprogs cpio iproute2 iputils-ping mandoc gdb"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

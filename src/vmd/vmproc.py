@@ -74,12 +74,23 @@ def _empty_root() -> str | None:
     return EMPTY_ROOT
 
 
+def _load_thread_exit_support() -> None:
+    """glibc loads libgcc_s the first time a thread exits (for the unwinder pthread_exit runs). Inside the
+    empty root it would not find it and abort the VM process ("libgcc_s.so.1 must be installed for
+    pthread_exit to work"), turning every guest reboot or stop into a crash: load it while it can be found."""
+    try:
+        ctypes.CDLL("libgcc_s.so.1")
+    except OSError:
+        log.warning("libgcc_s.so.1 could not be loaded: threads may abort the VM process when they end")
+
+
 def drop_privileges(user: str) -> None:
     """Become user, locked in an empty directory, with no supplementary groups and no way back (no_new_privs).
 
     After this the process can reach no file but the descriptors it was handed (vmd(8)'s VM processes chroot
     to /var/empty the same way). Everything it will import must be imported before."""
     entry = pwd.getpwnam(user)
+    _load_thread_exit_support()
     root = _empty_root()
     if root is not None:
         os.chroot(root)
@@ -175,7 +186,8 @@ def vm_process(control_fd: int) -> int:
         gdb = GdbServer(socket.socket(fileno=fd_map["gdb"]), spec.name)
         gdb.attach(machine.debug)
         gdb.start()
-    send_message(sock, {"event": "running", "pid": os.getpid(), "run_loop": machine.run_loop_name})
+    send_message(sock, {"event": "running", "pid": os.getpid(), "run_loop": machine.run_loop_name,
+                        "boot": machine.plan.kind})
     threading.Thread(target=_commands, args=(sock, machine), name="vmd-control", daemon=True).start()
     outcome: Outcome = machine.run()
     if gdb is not None:

@@ -502,6 +502,7 @@ class Daemon:
                 entry.state = RUNNING
             assert entry.terminal is not None
             log.info("started %s (vm %d) successfully, tty %s", entry.name, entry.id, entry.terminal.path)
+            log.info("%s: %s boot, %s run loop", entry.name, _word(message.get("boot")), _word(message.get("run_loop")))
             for client in entry.start_waiters:
                 client.respond({"id": entry.id, "name": entry.name, "tty": entry.terminal.path, "pid": process.pid,
                                 "warnings": [], "gdb": entry.gdb_path})
@@ -773,6 +774,13 @@ def _user_peer(uid: int) -> Peer:
     except KeyError:
         return Peer(uid, -1, 0, frozenset())
     return Peer.lookup(uid, gid, 0)
+
+
+def _word(value: object) -> str:
+    """A short word a VM process reported, for the log: anything else is '?'."""
+    if isinstance(value, str) and 0 < len(value) <= 32 and value.isascii() and value.isprintable():
+        return value
+    return "?"
 
 
 def _check_start_fields(fields: dict[str, Any]) -> None:
