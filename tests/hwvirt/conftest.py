@@ -67,7 +67,7 @@ class Vmd:
         self.log = self.dir / "vmd.log"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), VMD_SOCKET=self.socket)
         prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "vmd.cli", "-d", "-f", str(self.config)],
+        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "vmd.cli", "-d", "-v", "-f", str(self.config)],
                                         env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not os.path.exists(self.socket):
@@ -88,11 +88,14 @@ class Vmd:
         done = self.vmctl("status", "--json")
         return {str(row["name"]): row for row in json.loads(done.stdout)} if done.returncode == 0 else {}
 
-    def wait_state(self, name: str, state: str, timeout: float = 120) -> dict[str, object]:
+    def wait_state(self, name: str, state: str | None, timeout: float = 120) -> dict[str, object]:
+        """Until the VM is in state; None: until it is gone (a VM started ad hoc is forgotten once stopped)."""
         deadline = time.monotonic() + timeout
         rows: dict[str, dict[str, object]] = {}
         while time.monotonic() < deadline:
             rows = self.status()
+            if state is None and name not in rows:
+                return {}
             if name in rows and rows[name]["state"] == state:
                 return rows[name]
             time.sleep(0.5)
@@ -167,6 +170,12 @@ class Console:
             if left <= 0:
                 raise AssertionError(f"{pattern!r} did not appear on {self.path} in {timeout:.0f} s; the console"
                                      f" showed:\n{self.tail()}")
+            self._read(min(left, 0.5))
+
+    def drain(self, seconds: float) -> None:
+        """Read whatever the console prints for that long."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
             self._read(min(left, 0.5))
 
     def tail(self, size: int = 3000) -> str:

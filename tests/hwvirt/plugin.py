@@ -24,7 +24,8 @@ from tests.hwvirt.testhost import CACHE, ROOT, TestHost, TestHostError, inside_t
 PROXIED = pytest.StashKey[list[pytest.Item]]()
 MODES = ("auto", "here", "testhost", "skip")
 TOTAL_TIMEOUT = float(os.environ.get("VMD_HWVIRT_TIMEOUT", 45 * 60))  # seconds for the whole proxied run
-LOG = CACHE / "last-run.log"
+LOGS = CACHE / "runs"  # one pair of logs per run (pytest output, the test host's console): runs may overlap
+KEEP_LOGS = 10
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -129,22 +130,26 @@ def _run_in_test_host(session: pytest.Session, items: list[pytest.Item]) -> None
             print(text, file=sys.stderr)
 
     relay = _Relay(session, items)
-    LOG.parent.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for old in sorted(LOGS.glob("*.log"), key=lambda path: path.stat().st_mtime)[:-2 * KEEP_LOGS]:
+        old.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    log_path, console_path = LOGS / f"{stamp}-pytest.log", LOGS / f"{stamp}-console.log"
     say(f"hwvirt: {len(items)} tests need a hardware KVM; running them in the test host"
-        f" (QEMU TCG with AMD SVM), output in {LOG}")
+        f" (QEMU TCG with AMD SVM), output in {log_path}")
     started = time.monotonic()
     argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-p", "tests.hwvirt.report", "-p",
             "no:cacheprovider", "-q", "-rfEs", "--hwvirt=here", *[item.nodeid for item in items]]
     if session.config.option.maxfail:
         argv.append(f"--maxfail={session.config.option.maxfail}")
-    with open(LOG, "wb") as log:
+    with open(log_path, "wb") as log:
 
         def keep(chunk: bytes) -> None:
             log.write(chunk)
             log.flush()
 
         try:
-            with TestHost(log=CACHE / "console.log") as host:
+            with TestHost(log=console_path) as host:
                 say(f"hwvirt: test host up in {host.boot_seconds:.1f} s")
                 result = host.run(argv, timeout=TOTAL_TIMEOUT, on_output=keep,
                                   on_report=relay.report)
@@ -154,7 +159,7 @@ def _run_in_test_host(session: pytest.Session, items: list[pytest.Item]) -> None
                 elif result.status == 1 and session.config.option.maxfail:
                     relay.fail_rest("not run: the run stopped at --maxfail", skip=True)
                 else:
-                    relay.fail_rest("the test host's pytest did not report it (see " + str(LOG) + ")")
+                    relay.fail_rest(f"the test host's pytest did not report it (see {log_path})")
         except (TestHostError, TimeoutError, OSError) as error:
             relay.fail_rest(str(error))
     say(f"hwvirt: {len(items)} tests in {time.monotonic() - started:.0f} s in the test host")

@@ -37,7 +37,7 @@ PORT_NAME = "vmd.agent"
 MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "kvm_amd", "tun", "bridge", "veth",
            "vhost_net", "loop", "vrf", "af_packet")
 BUSYBOX = "/bin/busybox"
-DEFAULT_MEMORY = "8G"
+DEFAULT_MEMORY = "10G"
 BOOT_TIMEOUT = 180.0  # seconds to the agent's greeting; ~10 s on an idle 2-core machine
 MAX_LINE = 16 << 20  # one agent message; output comes in chunks far below this
 
