@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from vmd.boot import acpi, load_kernel
 from vmd.boot.bios import default_firmware
-from vmd.boot.state import BootError, BootOptions, BootPlan, CpuState, Segment
+from vmd.boot.state import CR0_PG, EFER_LMA, BootError, BootOptions, BootPlan, CpuState, Segment
 from vmd.boot.x86 import write_mptable
 from vmd.console import Console
 from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
@@ -291,7 +291,10 @@ class Machine:
             vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRINGS)])
             self._set_lapic_lines(vcpu)
             self.vcpus.append(vcpu)
-        self._set_boot_state(self.vcpus[0], self.plan.cpu)
+        cpu, fallback = self.plan.cpu, self.plan.cpu_fallback
+        if fallback is not None and cpu.cr0 & CR0_PG and not cpu.efer & EFER_LMA and not self.kvm.runs_legacy_paging():
+            cpu, fallback = fallback, None  # this KVM cannot enter a 32-bit paging mode
+        self._set_boot_state(self.vcpus[0], cpu, fallback)
         if spec.debug:
             self._enable_debugging()
 
@@ -371,7 +374,7 @@ class Machine:
             raw[offset : offset + 4] = value.to_bytes(4, "little")
         vcpu.set_lapic(state)
 
-    def _set_boot_state(self, vcpu: Vcpu, cpu: CpuState) -> None:
+    def _set_boot_state(self, vcpu: Vcpu, cpu: CpuState, fallback: CpuState | None = None) -> None:
         sregs = vcpu.get_sregs()
         for name in ("cs", "ds", "es", "fs", "gs", "ss"):
             _segment(getattr(sregs, name), getattr(cpu, name))
@@ -382,6 +385,11 @@ class Machine:
         vcpu.set_sregs(sregs)
         check = vcpu.get_sregs()
         if (check.cr0 ^ cpu.cr0) & (1 << 31 | 1):
+            if fallback is not None:  # e.g. a software KVM without 32-bit paging: the boot's other hand-off
+                log.info("%s: the host's KVM refused cr0 %#x; entering as the boot loader also may (cr0 %#x)",
+                         self.spec.name, cpu.cr0, fallback.cr0)
+                self._set_boot_state(vcpu, fallback)
+                return
             raise MachineError(f"{self.spec.name}: the host's KVM refused the boot CPU mode"
                                f" (cr0 {cpu.cr0:#x} became {check.cr0:#x}): this host cannot run"
                                f" a {self.plan.kind} guest")

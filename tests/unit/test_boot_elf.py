@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -115,7 +116,8 @@ def test_openbsd_elf64(tmp_path: Path, mem: GuestMemory) -> None:
     cpu = plan.cpu
     assert cpu.rip == 0x1000000  # entry masked with 0x0FFFFFFF
     assert cpu.cr0 & 0x80000001 == 0x80000001 and cpu.efer & 0x500 == 0x500 and cpu.cr3 == 0x11000
-    assert cpu.cs == flat_segment(0x08, code=True)  # compatibility mode, as vmd's CS 0x08
+    # compatibility mode, as vmd's CS 0x08 with access rights 0xC09F (execute/read, conforming, accessed)
+    assert cpu.cs == replace(flat_segment(0x08, code=True), type=0xF)
     assert cpu.gdt_base == 0x10000
     # page tables: PML4 -> PDPT -> PD, 1 GiB of 2 MiB pages
     assert mem.read_u64(0x11000) & ~0xFFF == 0x12000
@@ -162,11 +164,16 @@ def test_openbsd_symbols_copied(tmp_path: Path, mem: GuestMemory) -> None:
     assert end > elf_at + sym_offset + len(symtab)
 
 
-def test_openbsd_elf32_flat_paging_off(tmp_path: Path, mem: GuestMemory) -> None:
+def test_openbsd_elf32_4m_pages_with_a_paging_off_fallback(tmp_path: Path, mem: GuestMemory) -> None:
     kernel = build_elf([(PT_LOAD, 0x200000, CODE, 0x1000)], entry=0xD0200000, is64=False)
     plan = load_kernel(write(tmp_path, kernel), mem, BootOptions(cmdline="-s -d"))
     assert plan.kind == "openbsd-elf32"
-    cpu = plan.cpu
+    paged = plan.cpu  # as vmd: paging on, 4 MiB pages identity-mapping 4 GiB, CR3 0x12000, CR4.PSE
+    assert paged.cr0 & 0x80000001 == 0x80000001 and paged.cr3 == 0x12000 and paged.cr4 == 0x10
+    assert paged.efer == 0 and paged.rip == 0x0200000
+    assert mem.read_u32(0x12000 + 4 * 3) == (3 << 22) | 0x83 and mem.read_u32(0x12000 + 4 * 1023) >> 22 == 1023
+    assert plan.cpu_fallback is not None
+    cpu = plan.cpu_fallback  # as /boot: paging off, for a KVM that cannot start in 32-bit paging mode
     assert cpu.rip == 0x0200000 and not cpu.cr0 & 0x80000000 and cpu.cr0 & 1 and cpu.efer == 0
     assert cpu.cs.db == 1 and cpu.cs.l == 0 and cpu.cs.selector == 0x08 and cpu.ss.selector == 0x10
     assert cpu.gprs["rsp"] == 0x10000 - 36

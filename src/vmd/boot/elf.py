@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from vmd.boot.state import BootOptions, BootPlan, CpuState, flat_segment
+from vmd.boot.state import CR0_PG, CR4_PSE, BootOptions, BootPlan, CpuState, flat_segment
 from vmd.boot.x86 import (
     BOOT_AREAS,
     BOOTARGS_PAGE,
@@ -34,6 +34,7 @@ from vmd.boot.x86 import (
     write_cmdline,
     write_gdt,
     write_identity_page_tables,
+    write_pse_page_directory,
 )
 from vmd.memory import HIGH_MEMORY_START, LOW_RAM_END, E820Entry, GuestMemory
 
@@ -366,14 +367,22 @@ def load_openbsd(image: ElfImage, mem: GuestMemory, options: BootOptions) -> Boo
         # long mode is active but the CPU runs in compatibility mode, because an OpenBSD/amd64
         # kernel's start (locore0.S) is 32-bit code written for /boot's hand-off.
         cpu.cs = flat_segment(SEL_CODE32, code=True)
+        cpu.cs.type = 0xF  # access rights 0xC09F: execute/read, conforming, accessed
         kind = "openbsd-elf64"
     else:
-        # vmd uses 4 MiB-page paging for i386 (push_pt_32); /boot itself enters with paging off, and
-        # KVM cannot always start a vCPU in 32-bit paging mode, so we do as /boot does.
+        # vmd enters i386 kernels with paging on through 4 MiB pages over the first 4 GiB (push_pt_32,
+        # vcpu_init_flat32). /boot enters them with paging off, which the kernel takes as well: that is the
+        # fallback for a KVM that cannot start a vCPU in 32-bit paging mode.
+        fallback = CpuState.flat32(entry, gdt_base, gdt_limit)
+        fallback.gprs["rsp"] = stack_pointer
         cpu = CpuState.flat32(entry, gdt_base, gdt_limit)
+        cpu.cr0 |= CR0_PG
+        cpu.cr3 = write_pse_page_directory(mem)
+        cpu.cr4 = CR4_PSE
         kind = "openbsd-elf32"
     cpu.gprs["rsp"] = stack_pointer
     return BootPlan(kind=kind, cpu=cpu, e820=e820, acpi_address=acpi_at, mptable_address=mptable_at,
+                    cpu_fallback=None if image.is64 else fallback,
                     description=f"OpenBSD ELF{64 if image.is64 else 32} kernel, entry {entry:#x},"
                                 f" end {end:#x}")
 

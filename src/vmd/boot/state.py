@@ -155,6 +155,7 @@ class BootPlan:
     kind: str  # e.g. "openbsd-elf64", "openbsd-elf32", "pvh", "multiboot", "linux-bzimage", "bios"
     cpu: CpuState
     e820: list[E820Entry]
+    cpu_fallback: CpuState | None = None  # another valid entry state, for a KVM that refuses cpu's mode
     firmware: bytes | None = None  # BIOS image: the machine maps it to end at 4 GiB
     fw_cfg_files: dict[str, bytes] = field(default_factory=dict)
     fw_cfg_items: dict[int, bytes] = field(default_factory=dict)

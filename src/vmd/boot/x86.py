@@ -11,7 +11,8 @@ Fixed guest-physical layout of a direct (non-BIOS) boot; see docs/platform.md:
     0x0F000            boot stack page (vmd STACK_PAGE); stack top 0x10000
     0x10000            GDT (vmd GDT_PAGE): null, 0x08 code32, 0x10 data, 0x18 code64;
                        the Linux boot-protocol GDT (0x10 code, 0x18 data) follows at 0x10080
-    0x11000            PML4, 0x12000 PDPT, 0x13000 - 0x16FFF up to four page directories
+    0x11000            PML4, 0x12000 PDPT, 0x13000 - 0x16FFF up to four page directories;
+                       for OpenBSD/i386, a 4 MiB-page directory at 0x12000 instead
     0x20000 - 0x2FFFF  kernel command line
     0xE0000 - 0xE3FFF  ACPI RSDP (at 0xE0000) and tables (boot/acpi.py, written by the machine)
     0xF0000 - 0xF07FF  MP floating pointer and configuration table (written by the machine)
@@ -231,6 +232,17 @@ def write_identity_page_tables(mem: GuestMemory, gib: int = 1) -> int:
         pd = [base + (j << 21) | PTE_PRESENT | PTE_WRITE | PTE_PS for j in range(512)]
         mem.write(PD_ADDRESS + i * PAGE_SIZE, struct.pack("<512Q", *pd))
     return PML4_ADDRESS
+
+
+PDE_4M_PAGES = 1024
+
+
+def write_pse_page_directory(mem: GuestMemory) -> int:
+    """A 32-bit page directory at 0x12000 identity-mapping 4 GiB with 4 MiB pages (CR4.PSE), as vmd's
+    push_pt_32 writes for i386 kernels. Returns CR3."""
+    entries = [(i << 22) | PTE_PRESENT | PTE_WRITE | PTE_PS for i in range(PDE_4M_PAGES)]
+    mem.write(PDPT_ADDRESS, struct.pack(f"<{PDE_4M_PAGES}I", *entries))
+    return PDPT_ADDRESS
 
 
 # -- e820 (ACPI 6.4, 15.1 INT 15H E820H) -------------------------------------------------------------

@@ -74,6 +74,13 @@ class Kvm:
                     | k.KVM_GUESTDBG_USE_HW_BP)
         return 0
 
+    @staticmethod
+    def runs_legacy_paging() -> bool:
+        """False on PVM (kvm_pvm), a KVM that runs guests without VT-x/AMD-V and supports paging only in
+        long mode: it takes a 32-bit paging CPU state but the guest faults at its first instruction. No
+        capability says so; the module does."""
+        return not os.path.isdir("/sys/module/kvm_pvm")
+
     def require(self, capability: int, name: str) -> None:
         if self.check_extension(capability) <= 0:
             raise KvmError(f"{KVM_DEVICE}: the host's KVM lacks {name}")
