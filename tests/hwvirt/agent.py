@@ -2,10 +2,13 @@
 
 Started by the test host's /init inside the overlay root, as root. Protocol, JSON lines both ways:
     -> {"op": "run", "argv": [...], "cwd": "...", "env": {...}, "timeout": seconds}
-    <- {"out": base64}...  {"report": base64}...  {"status": exit status}
+    <- {"out": base64}...  {"report": base64}...  {"alive": seconds}...  {"status": exit status}
     -> {"op": "poweroff"}
 Output (stdout and stderr merged) streams as it comes; lines the command writes to the fd named by
-$VMD_HWVIRT_REPORT_FD come back as "report" messages. Standard library only: it runs before anything else.
+$VMD_HWVIRT_REPORT_FD come back as "report" messages; "alive" comes every HEARTBEAT seconds while the command
+runs, so the other side can tell a silent command from a hung machine. The command's end is its process's
+exit: what it left running (a daemon holding the output pipe) does not keep the answer back.
+Standard library only: it runs before anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 PORT_NAME = "vmd.agent"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_COMMAND = 1 << 20
+HEARTBEAT = 20.0  # seconds between "alive" messages
+DRAIN = 2.0  # seconds to read what is still in the pipes once the command has exited
 
 
 def find_port() -> str:
@@ -93,12 +98,22 @@ def run(channel: Channel, request: dict[str, object]) -> None:
     streams = {process.stdout.fileno(): "out", report_read: "report"}
     pending = {report_read: b""}
     timed_out = False
+    started = beat = time.monotonic()
+    exited_at: float | None = None
     while streams:
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0 and not timed_out:
             timed_out = True
             os.killpg(process.pid, signal.SIGKILL)
-        ready, _, _ = select.select(list(streams), [], [], max(0.1, min(left, 5.0)))
+        if now - beat >= HEARTBEAT:
+            beat = now
+            channel.send({"alive": round(now - started)})
+        if exited_at is None and process.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > DRAIN:
+            break  # something the command started still holds a pipe: the command itself is over
+        ready, _, _ = select.select(list(streams), [], [], max(0.1, min(left, 1.0)))
         for fd in ready:
             data = os.read(fd, 1 << 16)
             if not data:
@@ -111,6 +126,7 @@ def run(channel: Channel, request: dict[str, object]) -> None:
                 *lines, pending[fd] = pending[fd].split(b"\n")
                 for line in lines:
                     channel.send({"report": base64.b64encode(line).decode()})
+    process.stdout.close()
     os.close(report_read)
     status = process.wait()
     if timed_out:

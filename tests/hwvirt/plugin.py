@@ -7,23 +7,43 @@ as if they had run here, so `pytest` passes or fails on them as usual.
 
 --hwvirt=auto (the default; $VMD_HWVIRT overrides): as above. here: run them on this machine's KVM whatever
 it is. testhost: always in the test host. skip: do not run them.
+
+Bounds, so that one stuck guest or a failing test host costs one test, not the run: each phase (setup, call,
+teardown) of a hwvirt test has TEST_TIMEOUT seconds ($VMD_HWVIRT_TEST_TIMEOUT), after which it fails with the
+stack it was stuck in; the proxied run as a whole has BUDGET seconds ($VMD_HWVIRT_TIMEOUT). A test host that
+dies or goes silent fails the test it was running, and a fresh one runs the tests still to run (at most
+MAX_BOOTS boots).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Generator
+from types import FrameType
 
 import pytest
 
-from tests.hwvirt.testhost import CACHE, ROOT, TestHost, TestHostError, inside_test_host, kvm_is_hardware
+from tests.hwvirt.testhost import (
+    CACHE,
+    ROOT,
+    TestHost,
+    TestHostDied,
+    TestHostError,
+    TestHostHung,
+    inside_test_host,
+    kvm_is_hardware,
+)
 
 PROXIED = pytest.StashKey[list[pytest.Item]]()
 MODES = ("auto", "here", "testhost", "skip")
-TOTAL_TIMEOUT = float(os.environ.get("VMD_HWVIRT_TIMEOUT", 45 * 60))  # seconds for the whole proxied run
+BUDGET = float(os.environ.get("VMD_HWVIRT_TIMEOUT", 27 * 60))  # seconds for the whole proxied run, boots included
+TEST_TIMEOUT = float(os.environ.get("VMD_HWVIRT_TEST_TIMEOUT", 600))  # seconds for one phase of one test
+MAX_BOOTS = 3  # test hosts booted in one run: the first, and fresh ones after a failure of the host
 LOGS = CACHE / "runs"  # one pair of logs per run (pytest output, the test host's console): runs may overlap
 KEEP_LOGS = 10
 
@@ -42,6 +62,48 @@ def _mode(config: pytest.Config) -> str:
     if mode == "auto":
         return "here" if kvm_is_hardware() or inside_test_host() else "testhost"
     return mode
+
+
+class _Alarm:
+    """SIGALRM after TEST_TIMEOUT seconds fails the phase where it is; a stack dump follows if it is stuck where
+    Python cannot raise (inside a C call that does not return on a signal)."""
+
+    def __init__(self, item: pytest.Item, phase: str) -> None:
+        self.what = f"the {phase} of {item.name}"
+        self.armed = item.get_closest_marker("hwvirt") is not None and hasattr(signal, "SIGALRM")
+
+    def _fire(self, signum: int, frame: FrameType | None) -> None:
+        pytest.fail(f"{self.what} ran past {TEST_TIMEOUT:.0f} s ($VMD_HWVIRT_TEST_TIMEOUT)", pytrace=True)
+
+    def __enter__(self) -> None:
+        if self.armed:
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT)
+            faulthandler.dump_traceback_later(TEST_TIMEOUT + 60, exit=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    with _Alarm(item, "setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    with _Alarm(item, "call"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    with _Alarm(item, "teardown"):
+        return (yield)
 
 
 @pytest.hookimpl(trylast=True)
@@ -79,43 +141,72 @@ class _Relay:
         self.items = {item.nodeid: item for item in items}
         self.started: set[str] = set()
         self.finished: set[str] = set()
+        self.running: str | None = None  # the test the inner run last said it started
+        self.seconds: dict[str, float] = {}
+
+    def _start(self, item: pytest.Item) -> None:
+        if item.nodeid not in self.started:
+            self.started.add(item.nodeid)
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
 
     def report(self, line: bytes) -> None:
         try:
             data = json.loads(line)
         except ValueError:
             return
+        if isinstance(data, dict) and isinstance(data.get("start"), str):
+            self.running = data["start"]
+            return
         config = self.session.config
         report = config.hook.pytest_report_from_serializable(config=config, data=data)
         if not isinstance(report, pytest.TestReport):
             return
         item = self.items.get(report.nodeid)
-        if item is None:
+        if item is None or item.nodeid in self.finished:
             return
-        if report.nodeid not in self.started:
-            self.started.add(report.nodeid)
-            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        self._start(item)
+        self.seconds[item.nodeid] = self.seconds.get(item.nodeid, 0.0) + report.duration
         item.ihook.pytest_runtest_logreport(report=report)
         if report.when == "teardown":
             self.finish(item)
 
     def finish(self, item: pytest.Item) -> None:
         self.finished.add(item.nodeid)
+        if self.running == item.nodeid:
+            self.running = None
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    def unfinished(self) -> list[pytest.Item]:
+        return [item for nodeid, item in self.items.items() if nodeid not in self.finished]
+
+    def fail_running(self, why: str) -> None:
+        """The test the test host was running when it failed: failed, with why."""
+        item = self.items.get(self.running or "")
+        if item is not None and item.nodeid not in self.finished:
+            self._fail(item, f"the test host failed while it ran this test: {why}")
+
+    def _fail(self, item: pytest.Item, longrepr: str) -> None:
+        self._start(item)
+        report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed", longrepr,
+                                   "call")
+        item.ihook.pytest_runtest_logreport(report=report)
+        self.finish(item)
+
+    def times(self) -> str:
+        ranked = sorted(self.seconds.items(), key=lambda pair: -pair[1])
+        return ", ".join(f"{nodeid.rsplit('::', 1)[-1]} {seconds:.0f} s" for nodeid, seconds in ranked)
 
     def fail_rest(self, why: str, skip: bool = False) -> None:
         """Every test that did not report: failed, with why (the host died, timed out, or never came up), or
         skipped when the inner run stopped early on purpose (--maxfail)."""
-        for nodeid, item in self.items.items():
-            if nodeid in self.finished:
+        for item in self.unfinished():
+            if not skip:
+                self._fail(item, f"not run to its end in the test host: {why}")
                 continue
-            if nodeid not in self.started:
-                item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            self._start(item)
             path, line, _name = item.location
-            longrepr: tuple[str, int, str] | str = (str(path), (line or 0) + 1, f"Skipped: {why}") if skip else \
-                f"not run to its end in the test host: {why}"
-            report = pytest.TestReport(nodeid, item.location, {k: 1 for k in item.keywords},
-                                       "skipped" if skip else "failed", longrepr, "call")
+            report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "skipped",
+                                       (str(path), (line or 0) + 1, f"Skipped: {why}"), "call")
             item.ihook.pytest_runtest_logreport(report=report)
             self.finish(item)
 
@@ -134,33 +225,52 @@ def _run_in_test_host(session: pytest.Session, items: list[pytest.Item]) -> None
     for old in sorted(LOGS.glob("*.log"), key=lambda path: path.stat().st_mtime)[:-2 * KEEP_LOGS]:
         old.unlink(missing_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    log_path, console_path = LOGS / f"{stamp}-pytest.log", LOGS / f"{stamp}-console.log"
+    log_path = LOGS / f"{stamp}-pytest.log"
     say(f"hwvirt: {len(items)} tests need a hardware KVM; running them in the test host"
         f" (QEMU TCG with AMD SVM), output in {log_path}")
     started = time.monotonic()
-    argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-p", "tests.hwvirt.report", "-p",
-            "no:cacheprovider", "-q", "-rfEs", "--hwvirt=here", *[item.nodeid for item in items]]
-    if session.config.option.maxfail:
-        argv.append(f"--maxfail={session.config.option.maxfail}")
+    why = "the run ended before it"
     with open(log_path, "wb") as log:
 
         def keep(chunk: bytes) -> None:
             log.write(chunk)
             log.flush()
 
-        try:
-            with TestHost(log=console_path) as host:
-                say(f"hwvirt: test host up in {host.boot_seconds:.1f} s")
-                result = host.run(argv, timeout=TOTAL_TIMEOUT, on_output=keep,
-                                  on_report=relay.report)
+        for boot in range(1, MAX_BOOTS + 1):
+            left = BUDGET - (time.monotonic() - started)
+            todo = relay.unfinished()
+            if not todo:
+                break
+            if left < 120:
+                why = f"the hwvirt budget of {BUDGET:.0f} s ($VMD_HWVIRT_TIMEOUT) was spent before it could run"
+                break
+            argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-p", "tests.hwvirt.report", "-p",
+                    "no:cacheprovider", "-q", "-rfEs", "--hwvirt=here", *[item.nodeid for item in todo]]
+            if session.config.option.maxfail:
+                argv.append(f"--maxfail={session.config.option.maxfail}")
+            try:
+                with TestHost(log=LOGS / f"{stamp}-console-{boot}.log") as host:
+                    say(f"hwvirt: test host {boot} up in {host.boot_seconds:.1f} s; {len(todo)} tests to run")
+                    result = host.run(argv, timeout=left - host.boot_seconds, on_output=keep,
+                                      on_report=relay.report)
                 if result.status not in (0, 1):
-                    relay.fail_rest(f"pytest in the test host exited with status {result.status}; its output:\n"
-                                    + result.output[-4000:])
+                    why = f"pytest in the test host exited with status {result.status}; its output:\n" \
+                          + result.output[-4000:]
                 elif result.status == 1 and session.config.option.maxfail:
                     relay.fail_rest("not run: the run stopped at --maxfail", skip=True)
                 else:
-                    relay.fail_rest(f"the test host's pytest did not report it (see {log_path})")
-        except (TestHostError, TimeoutError, OSError) as error:
-            relay.fail_rest(str(error))
-    say(f"hwvirt: {len(items)} tests in {time.monotonic() - started:.0f} s in the test host")
-
+                    why = f"the test host's pytest did not report it (see {log_path})"
+                break
+            except (TestHostDied, TestHostHung) as error:
+                relay.fail_running(str(error))
+                say(f"hwvirt: test host {boot} failed ({str(error).splitlines()[0]})")
+                why = str(error)
+            except TimeoutError as error:
+                relay.fail_running(f"{error}: the hwvirt budget of {BUDGET:.0f} s ($VMD_HWVIRT_TIMEOUT) is spent")
+                why = f"the hwvirt budget of {BUDGET:.0f} s ($VMD_HWVIRT_TIMEOUT) was spent before it could run"
+                break
+            except (TestHostError, OSError) as error:
+                why = str(error)  # the host could not be built or booted: another try would fare the same
+                break
+    relay.fail_rest(why)
+    say(f"hwvirt: {len(items)} tests in {time.monotonic() - started:.0f} s in the test host: {relay.times()}")

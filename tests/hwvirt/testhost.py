@@ -40,6 +40,7 @@ BUSYBOX = "/bin/busybox"
 DEFAULT_MEMORY = "10G"
 BOOT_TIMEOUT = 180.0  # seconds to the agent's greeting; ~10 s on an idle 2-core machine
 MAX_LINE = 16 << 20  # one agent message; output comes in chunks far below this
+IDLE_TIMEOUT = 180.0  # seconds without a message (the agent beats every 20 s) before the host counts as hung
 
 
 class TestHostError(Exception):
@@ -48,6 +49,10 @@ class TestHostError(Exception):
 
 class TestHostDied(TestHostError):
     """QEMU exited, or the agent went away, while a command ran: the host failed, not the command."""
+
+
+class TestHostHung(TestHostError):
+    """The agent sent nothing, not even its heartbeat, for too long: the test host's kernel is stuck."""
 
 
 def kvm_is_hardware() -> bool:
@@ -228,6 +233,19 @@ class TestHost:
             raise TestHostDied(f"the test host's QEMU exited with status {self._qemu.returncode} {when}"
                                f"\nQEMU said: {out.strip()[-2000:]}\nconsole:\n{self.console_tail()}")
 
+    def _died(self, when: str) -> None:
+        """The agent's channel closed: the test host is going down (a kernel panic reboots it, and QEMU runs
+        with -no-reboot). Say what its console showed."""
+        if self._qemu is not None:
+            try:
+                self._qemu.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        tail = self.console_tail(40)
+        panic = next((line for line in tail.splitlines() if "Kernel panic" in line or "BUG:" in line), None)
+        what = f"the test host's kernel failed ({panic.strip()})" if panic else "the test host agent closed its channel"
+        raise TestHostDied(f"{what} {when}\nconsole:\n{tail}")
+
     # -- the agent protocol: JSON lines both ways --------------------------------------------------------
     def _send(self, message: dict[str, object]) -> None:
         assert self._agent is not None
@@ -245,9 +263,7 @@ class TestHost:
                 continue
             data = self._agent.recv(1 << 16)
             if not data:
-                self._check_alive(when)
-                raise TestHostDied(f"the test host agent closed its channel {when}\n"
-                                   f"console:\n{self.console_tail()}")
+                self._died(when)
             self._buffer += data
             if len(self._buffer) > MAX_LINE:
                 raise TestHostError("the test host agent sent an overlong message")
@@ -259,18 +275,26 @@ class TestHost:
 
     def run(self, argv: Sequence[str], timeout: float = 600.0, cwd: str | Path = ROOT,
             env: dict[str, str] | None = None, on_output: Callable[[bytes], None] | None = None,
-            on_report: Callable[[bytes], None] | None = None) -> Result:
+            on_report: Callable[[bytes], None] | None = None, idle_timeout: float = IDLE_TIMEOUT) -> Result:
         """Run argv in the test host; returns its status and its output (stdout and stderr together).
 
         on_output sees the output as it comes; on_report gets each line the command writes to the fd
-        named by $VMD_HWVIRT_REPORT_FD (the inner pytest plugin's reports)."""
+        named by $VMD_HWVIRT_REPORT_FD (the inner pytest plugin's reports). Raises TimeoutError when the
+        command outlives timeout, TestHostHung when the host goes silent for idle_timeout."""
         if self._agent is None:
             raise TestHostError("the test host is not running")
         self._send({"op": "run", "argv": list(argv), "cwd": str(cwd), "env": env or {}, "timeout": timeout})
         deadline = time.monotonic() + timeout + 30
         output = bytearray()
+        when = f"running {' '.join(argv)[:200]}"
         while True:
-            message = self._receive(deadline, f"running {' '.join(argv)[:200]}")
+            try:
+                message = self._receive(min(deadline, time.monotonic() + idle_timeout), when)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"the command ran past its {timeout:.0f} s in the test host") from None
+                raise TestHostHung(f"the test host sent nothing for {idle_timeout:.0f} s {when}: its kernel is"
+                                   f" stuck\nconsole:\n{self.console_tail(40)}") from None
             if "out" in message:
                 chunk = base64.b64decode(str(message["out"]))
                 output += chunk
