@@ -113,7 +113,7 @@ def run(channel: Channel, request: dict[str, object]) -> None:
             exited_at = now
         if exited_at is not None and now - exited_at > DRAIN:
             break  # something the command started still holds a pipe: the command itself is over
-        ready, _, _ = select.select(list(streams), [], [], max(0.1, min(left, 1.0)))
+        ready, _, _ = select.select(list(streams), [], [], max(0.1, min(left, HEARTBEAT, 1.0)))
         for fd in ready:
             data = os.read(fd, 1 << 16)
             if not data:

@@ -1,0 +1,80 @@
+"""The bounds of the hwvirt harness (tests/hwvirt): the test host's agent answers when its command exits and
+beats while it runs; a stuck hwvirt test fails after its timeout with where it was stuck, and the tests
+after it still run."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+
+import pytest
+
+from tests.hwvirt import agent, plugin
+
+pytest_plugins = ["pytester"]
+
+
+class Channel:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def send(self, message: dict[str, object]) -> None:
+        self.sent.append(message)
+
+    def output(self) -> bytes:
+        return b"".join(base64.b64decode(str(m["out"])) for m in self.sent if "out" in m)
+
+
+def test_the_agent_answers_when_its_command_exits_though_a_child_keeps_the_pipe() -> None:
+    channel = Channel()
+    started = time.monotonic()
+    agent.run(channel, {"op": "run", "argv": ["sh", "-c", "sleep 60 & echo child=$!; echo done"], "timeout": 120})
+    assert time.monotonic() - started < 15
+    assert channel.sent[-1] == {"status": 0}
+    output = channel.output().decode()
+    assert "done" in output
+    os.kill(int(output.split("child=")[1].split()[0]), signal.SIGKILL)
+
+
+def test_the_agent_beats_while_a_silent_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "HEARTBEAT", 0.3)
+    channel = Channel()
+    agent.run(channel, {"op": "run", "argv": ["sleep", "2"], "timeout": 60})
+    assert sum(1 for m in channel.sent if "alive" in m) >= 3
+    assert channel.sent[-1] == {"status": 0}
+
+
+def test_the_agent_kills_a_command_past_its_timeout() -> None:
+    channel = Channel()
+    started = time.monotonic()
+    agent.run(channel, {"op": "run", "argv": ["sleep", "60"], "timeout": 1})
+    assert time.monotonic() - started < 15
+    assert channel.sent[-1] == {"status": 124}
+    assert b"timed out" in channel.output()
+
+
+def test_a_stuck_hwvirt_test_fails_after_its_timeout_and_the_next_one_runs(pytester: pytest.Pytester,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "TEST_TIMEOUT", 1.0)
+    pytester.makepyfile("""
+import time
+import pytest
+
+@pytest.mark.hwvirt
+def test_stuck():
+    time.sleep(60)
+
+@pytest.mark.hwvirt
+def test_after():
+    pass
+
+def test_not_hwvirt_is_not_bounded():
+    time.sleep(1.5)
+""")
+    started = time.monotonic()
+    result = pytester.runpytest_inprocess("-p", "tests.hwvirt.plugin", "--hwvirt=here", "-p", "no:cacheprovider")
+    assert time.monotonic() - started < 30
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*time.sleep(60)*", "*the call of test_stuck ran past 1 s*"])
