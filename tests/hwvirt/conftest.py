@@ -55,6 +55,18 @@ def netns() -> Iterator[str]:
     ip("netns", "del", name)
 
 
+LIVE: list[Vmd] = []  # the daemons running now: a failing test's report carries the end of their logs
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed:  # type: ignore[attr-defined]
+        for vmd in LIVE:
+            report.sections.append((f"vmd log ({vmd.log})", vmd.log_tail(60)))  # type: ignore[attr-defined]
+    return report
+
+
 class Vmd:
     """A vmd daemon on a private socket (in a network namespace when given one), with vmctl at hand."""
 
@@ -74,6 +86,7 @@ class Vmd:
             assert self.process.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "vmd did not create its socket\n" + self.log.read_text()
             time.sleep(0.1)
+        LIVE.append(self)
 
     def vmctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "vmd.ctl.main", *args], capture_output=True, text=True,
@@ -105,9 +118,15 @@ class Vmd:
         return Console(str(self.status()[name]["tty"]))
 
     def log_tail(self, lines: int = 40) -> str:
-        return "vmd log:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as error:
+            text = f"(unreadable: {error.strerror})"
+        return "vmd log:\n" + "\n".join(text.splitlines()[-lines:])
 
     def close(self) -> None:
+        if self in LIVE:
+            LIVE.remove(self)
         if self.process.poll() is None:
             self.vmctl("stop", "-a", "-f", "-w", timeout=60)
             self.process.terminate()

@@ -78,3 +78,70 @@ def test_not_hwvirt_is_not_bounded():
     assert time.monotonic() - started < 30
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*time.sleep(60)*", "*the call of test_stuck ran past 1 s*"])
+
+
+class _LocalTestHost:
+    """Stands in for the test host: runs the inner pytest here; the first one 'dies' when a test named
+    test_crash starts, as a test host whose kernel panics would."""
+
+    boots = 0
+
+    def __init__(self, log: object = None) -> None:
+        self.boot_seconds = 0.0
+
+    def __enter__(self) -> _LocalTestHost:
+        type(self).boots += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run(self, argv: list[str], timeout: float, on_output: object, on_report: object) -> object:
+        import subprocess
+        import sys
+
+        read, write = os.pipe()
+        env = dict(os.environ, VMD_HWVIRT_REPORT_FD=str(write), PYTHONPATH=str(plugin.ROOT))
+        process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "tests.hwvirt.plugin", *argv[3:]], env=env,
+                                   pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        os.close(write)
+        with os.fdopen(read, "rb") as reports:
+            for line in reports:
+                on_report(line)  # type: ignore[operator]
+                if type(self).boots == 1 and b'"start"' in line and b"test_crash" in line:
+                    process.kill()
+                    process.wait()
+                    raise plugin.TestHostDied("the test host's kernel failed (BUG: stack guard page was hit)")
+        status = process.wait()
+        return type("Result", (), {"status": status, "output": ""})()
+
+
+def test_a_test_whose_host_died_runs_again_once_and_skips_come_back_as_skips(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
+    monkeypatch.setattr(_LocalTestHost, "boots", 0)
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.hwvirt
+def test_first():
+    pass
+
+@pytest.mark.hwvirt
+def test_skipped():
+    pytest.skip("the emulated host cannot do that")
+
+@pytest.mark.hwvirt
+def test_crash():
+    pass
+
+@pytest.mark.hwvirt
+def test_last():
+    pass
+""")
+    result = pytester.runpytest_inprocess("-p", "tests.hwvirt.plugin", "--hwvirt=testhost", "-p",
+                                          "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=3, skipped=1)
+    result.stdout.fnmatch_lines(["*test host 1 failed (the test host's kernel failed*); test_crash runs again*",
+                                 "*SKIPPED*the emulated host cannot do that*"])
+    assert _LocalTestHost.boots == 2
