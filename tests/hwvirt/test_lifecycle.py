@@ -1,5 +1,10 @@
-"""A Linux guest's life under vmd: 4 vCPUs and 6 GiB, the console detached and re-attached, pause and
-unpause with the guest's clock right afterwards, a reboot from inside on the same tty, and `vmctl stop`."""
+"""A Linux guest's life under vmd: 2 vCPUs, the console detached and re-attached, pause and
+unpause with the guest's clock right afterwards, a reboot from inside on the same tty, and `vmctl stop`; and a
+guest with 4 vCPUs, all online, and 6 GiB, all there.
+
+Only the one short boot has 4 vCPUs: in the emulated test host, 4 nested vCPUs on its 2 make its own kernel
+fail now and then (a stack overflow in exception entry right after VMRUN, under vmd and QEMU alike), and a
+4-vCPU guest restarted there has stalled in RCU."""
 
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ def vmd() -> Iterator[Vmd]:
     daemon = Vmd(f"""
 vm "life" {{
     disable
+    memory 1G
+    vcpus 2
+    boot "{kit_file('vmlinuz')}"
+    initrd "{kit_file('initrd.img')}"
+    append "{kit_cmdline()}"
+}}
+vm "smp" {{
+    disable
     memory 6G
     vcpus 4
     boot "{kit_file('vmlinuz')}"
@@ -44,11 +57,21 @@ def life(vmd: Vmd) -> Iterator[Console]:
     console.close()
 
 
-def test_every_cpu_is_online_and_the_memory_is_all_there(life: Console) -> None:
-    assert life.must("nproc").strip() == "4"
-    assert life.must("cat /sys/devices/system/cpu/online").strip() == "0-3"
-    kib = int(re.search(r"MemTotal:\s+(\d+) kB", life.must("cat /proc/meminfo")).group(1))  # type: ignore[union-attr]
-    assert 5.6 * 2**20 < kib <= 6 * 2**20, kib  # 6 GiB, less what the kernel keeps for itself
+def test_four_vcpus_are_all_online_and_6_gib_all_there(vmd: Vmd) -> None:
+    vmd.must("start", "smp")
+    with vmd.console("smp") as smp:
+        smp.expect(r"vmd guest kit: ready", timeout=400)
+        smp.wait_shell(timeout=60)
+        assert smp.must("nproc").strip() == "4"
+        assert smp.must("cat /sys/devices/system/cpu/online").strip() == "0-3"
+        kib = int(re.search(r"MemTotal:\s+(\d+) kB", smp.must("cat /proc/meminfo")).group(1))  # type: ignore[union-attr]
+        assert 5.6 * 2**20 < kib <= 6 * 2**20, kib  # 6 GiB, less what the kernel keeps for itself
+    vmd.must("stop", "-f", "-w", "smp")
+
+
+def test_every_cpu_is_online(life: Console) -> None:
+    assert life.must("nproc").strip() == "2"
+    assert life.must("cat /sys/devices/system/cpu/online").strip() == "0-1"
 
 
 def _vmctl_console(vmd: Vmd, name: str, keys: list[tuple[bytes, bytes]], timeout: float = 60) -> bytes:
@@ -120,7 +143,7 @@ def test_reboot_inside_restarts_the_vm_on_the_same_tty(vmd: Vmd, life: Console) 
     life.wait_shell(timeout=60)
     row = vmd.status()["life"]
     assert row["state"] == "running" and row["tty"] == tty
-    assert life.must("nproc").strip() == "4"
+    assert life.must("nproc").strip() == "2"
 
 
 def test_vmctl_stop_is_a_clean_power_off(vmd: Vmd, life: Console) -> None:
