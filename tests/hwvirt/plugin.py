@@ -17,11 +17,11 @@ still to run (at most MAX_BOOTS boots); the test fails if that host fails under 
 
 from __future__ import annotations
 
-import compileall
 import faulthandler
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Generator
@@ -243,8 +243,13 @@ def _run_in_test_host(session: pytest.Session, items: list[pytest.Item]) -> None
     started = time.monotonic()
     # Byte-compile the tree here, natively, where $PYTHONDONTWRITEBYTECODE may have kept it from being done:
     # in the test host every module not compiled is compiled again, under TCG, by each new process.
-    compileall.compile_dir(str(ROOT / "src"), quiet=2, workers=0)
-    compileall.compile_dir(str(ROOT / "tests"), quiet=2, workers=0)
+    # A child process does it: a worker pool started from inside this pytest run cannot pickle its work items
+    # once some test has reloaded concurrent.futures.
+    try:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(ROOT / "src"), str(ROOT / "tests")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        say("hwvirt: byte-compiling the tree took over 300 s; the test host compiles what is left")
     why = "the run ended before it"
     with open(log_path, "wb") as log:
 
