@@ -127,4 +127,19 @@ def instance_definition(parent: VmDefinition, name: str, overrides: dict[str, An
     definition = definition_from_spec(spec)
     if definition.owner.uid is None and definition.owner.gid is None:
         definition.owner = Owner(peer.uid, None)
+    definition.user_files = instance_user_files(definition, overrides)
     return definition
+
+
+def instance_user_files(definition: VmDefinition, overrides: dict[str, Any]) -> frozenset[str]:
+    """What vmd opens as the requesting user could, for an instance: vm_instance (vmd.c 1.169) marks in
+    vmc_checkaccess its disks (never inherited), its cdrom when the request gives one, and its boot image
+    whether given or inherited; our initrd goes with the boot image."""
+    kinds = {"disks"}
+    if definition.kernel:
+        kinds.add("kernel")
+    if definition.initrd:
+        kinds.add("initrd")
+    if overrides.get("cdrom"):
+        kinds.add("cdrom")
+    return frozenset(kinds)
