@@ -471,18 +471,53 @@ def test_vmd_n_reports_every_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vmd.cli", "-n", "-f", str(config)], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{config}:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"vmd: {config}:")]
     assert len(errors) >= 3, result.stderr
-    assert f"{config}:2:" in result.stderr and f"{config}:6:" in result.stderr
+    assert f"vmd: {config}:2:" in result.stderr and f"vmd: {config}:6:" in result.stderr
+    assert "configuration OK" not in result.stderr + result.stdout
 
 
-def test_vmd_n_accepts_a_good_config(tmp_path: Path, guests: dict[str, Path]) -> None:
+def test_vmd_n_accepts_a_good_config(tmp_path: Path, guests: dict[str, Path], users: dict[str, int]) -> None:
     config = tmp_path / "good.conf"
     config.write_text(_config(guests).replace(f"socket owner :{SOCKET_GROUP}\n", ""))
     result = subprocess.run([sys.executable, "-m", "vmd.cli", "-n", "-f", str(config)], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "configuration OK"
+    assert (result.stdout, result.stderr) == ("", "configuration OK\n")  # vmd.c prints it on stderr
+
+
+def _vmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmd.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=60)
+
+
+USAGE = "usage: vmd [-dnv] [-D macro=value] [-f file]"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-x"], "vmd: unknown option -- x"),
+    (["-h"], "vmd: unknown option -- h"),
+    (["-n", "-f"], "vmd: option requires an argument -- f"),
+    (["-n", "extra"], None),
+])
+def test_a_bad_vmd_command_line_is_getopts_message_and_the_usage(args: list[str], message: str | None) -> None:
+    """vmd.c main(): getopt(3) reports the option, then usage() prints the usage line and exits 1."""
+    result = _vmd(*args)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [line for line in (message, USAGE) if line], result
+
+
+def test_vmd_n_with_a_macro_that_is_no_definition_logs_it_and_carries_on(tmp_path: Path) -> None:
+    """vmd.c: a -D that cmdline_symset cannot split is logged and skipped; parse_config warns about an unused
+    macro without a location."""
+    config = tmp_path / "vm.conf"
+    config.write_text('mem = "64M"\nswitch "s" {\n interface br0\n}\n')
+    result = _vmd("-n", "-D", "foo", "-D", "size=1G", "-f", str(config))
+    assert result.returncode == 0, result
+    assert result.stderr.splitlines() == ["vmd: could not parse macro definition foo",
+                                          "warning: macro 'size' not used",  # -D's come first in the list
+                                          "warning: macro 'mem' not used",
+                                          "configuration OK"], result
 
 
 def test_sigterm_stops_every_vm_and_exits(tmp_path: Path, guests: dict[str, Path], users: dict[str, int]) -> None:

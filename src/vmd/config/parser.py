@@ -231,7 +231,6 @@ class Parser:
         self.check_paths = check_paths
         self.resolver = resolver
         self.macros: dict[str, Macro] = {k: Macro(v, persist=True) for k, v in (macros or {}).items()}
-        self.macro_origin: dict[str, tuple[str, int]] = {}
         self.lexer = Lexer(self._lexer_error, self.macros)
         self.config = Config()
         self._la: Token | None = None
@@ -440,10 +439,8 @@ class Parser:
                 self.syntax_error(exc.token)
                 self.recover(in_block=False)
         for name, macro in self.macros.items():
-            if not macro.used:
-                where = self.macro_origin.get(name)
-                prefix = f"{where[0]}:{where[1]}: " if where else ""
-                self.warnings.append(f"{prefix}warning: macro '{name}' not used")
+            if not macro.used:  # parse_config prints it with no location
+                self.warnings.append(f"warning: macro '{name}' not used")
         self.config.macros = {name: m.value for name, m in self.macros.items()}
 
     def statement(self) -> None:
@@ -512,7 +509,6 @@ class Parser:
         if existing is not None and existing.persist:
             return
         self.macros[name] = Macro(value)
-        self.macro_origin[name] = (name_tok.file, name_tok.line)
 
     # -- global settings (parse.y `main`) --------------------------------------------------------------------
 

@@ -15,17 +15,18 @@ from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.registry import VmDefinition
 
 
-def parse_macros(values: Iterable[str]) -> dict[str, str]:
-    """`-D name=value` macros."""
+def parse_macros(values: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """`-D name=value` macros (parse.y cmdline_symset, which splits at the last `=`), and the values that
+    are no definition at all."""
     macros: dict[str, str] = {}
+    bad: list[str] = []
     for value in values:
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise ValueError(f"could not parse macro definition {value}")
-        if any(ch.isspace() for ch in name):
-            raise ValueError("macro name cannot contain whitespace")
+        name, sep, text = value.rpartition("=")
+        if not sep:
+            bad.append(value)
+            continue
         macros[name] = text
-    return macros
+    return macros, bad
 
 
 def _missing_is_fine(path: str, explicit: bool) -> bool:
