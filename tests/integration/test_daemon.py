@@ -471,18 +471,53 @@ def test_vmd_n_reports_every_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vmd.cli", "-n", "-f", str(config)], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{config}:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"vmd: {config}:")]
     assert len(errors) >= 3, result.stderr
-    assert f"{config}:2:" in result.stderr and f"{config}:6:" in result.stderr
+    assert f"vmd: {config}:2:" in result.stderr and f"vmd: {config}:6:" in result.stderr
+    assert "configuration OK" not in result.stderr + result.stdout
 
 
-def test_vmd_n_accepts_a_good_config(tmp_path: Path, guests: dict[str, Path]) -> None:
+def test_vmd_n_accepts_a_good_config(tmp_path: Path, guests: dict[str, Path], users: dict[str, int]) -> None:
     config = tmp_path / "good.conf"
     config.write_text(_config(guests).replace(f"socket owner :{SOCKET_GROUP}\n", ""))
     result = subprocess.run([sys.executable, "-m", "vmd.cli", "-n", "-f", str(config)], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "configuration OK"
+    assert (result.stdout, result.stderr) == ("", "configuration OK\n")  # vmd.c prints it on stderr
+
+
+def _vmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmd.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=60)
+
+
+USAGE = "usage: vmd [-dnv] [-D macro=value] [-f file]"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-x"], "vmd: unknown option -- x"),
+    (["-h"], "vmd: unknown option -- h"),
+    (["-n", "-f"], "vmd: option requires an argument -- f"),
+    (["-n", "extra"], None),
+])
+def test_a_bad_vmd_command_line_is_getopts_message_and_the_usage(args: list[str], message: str | None) -> None:
+    """vmd.c main(): getopt(3) reports the option, then usage() prints the usage line and exits 1."""
+    result = _vmd(*args)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [line for line in (message, USAGE) if line], result
+
+
+def test_vmd_n_with_a_macro_that_is_no_definition_logs_it_and_carries_on(tmp_path: Path) -> None:
+    """vmd.c: a -D that cmdline_symset cannot split is logged and skipped; parse_config warns about an unused
+    macro without a location."""
+    config = tmp_path / "vm.conf"
+    config.write_text('mem = "64M"\nswitch "s" {\n interface br0\n}\n')
+    result = _vmd("-n", "-D", "foo", "-D", "size=1G", "-f", str(config))
+    assert result.returncode == 0, result
+    assert result.stderr.splitlines() == ["vmd: could not parse macro definition foo",
+                                          "warning: macro 'size' not used",  # -D's come first in the list
+                                          "warning: macro 'mem' not used",
+                                          "configuration OK"], result
 
 
 def test_sigterm_stops_every_vm_and_exits(tmp_path: Path, guests: dict[str, Path], users: dict[str, int]) -> None:
@@ -516,3 +551,125 @@ def test_vmctl_console_talks_to_the_guest(vmd: Vmd) -> None:
     missing = vmd.vmctl("console", "nosuchvm")
     assert missing.returncode == 1 and missing.stderr.strip() == "vmctl: console not found"
     vmd.vmctl("stop", "-f", "-w", "rootvm")
+
+
+# -- OpenBSD's own outcomes, to the letter (vmd.c 1.169, vmctl.c 1.94, config.c 1.79) ----------------------------
+
+def test_starting_a_running_vm_is_already_in_progress(vmd: Vmd) -> None:
+    """vmd.c vm_register answers EALREADY; vmctl.c vm_start_complete prints it as `start vm command failed`."""
+    assert vmd.vmctl("start", "rootvm").returncode == 0
+    vmd.wait_state("rootvm", "running")
+    again = vmd.vmctl("start", "rootvm")
+    assert (again.returncode, again.stderr.strip()) == (
+        1, "vmctl: start vm command failed: Operation already in progress"), again
+    vmd.vmctl("stop", "-f", "-w", "rootvm")
+
+
+@pytest.mark.parametrize("target", ["nosuch", "99"])
+def test_starting_an_unknown_vm_without_options_has_no_disk(vmd: Vmd, target: str) -> None:
+    """vm_register: `invalid configuration, no devices`, answered VMD_DISK_MISSING, for a name as for an id."""
+    result = vmd.vmctl("start", target)
+    assert (result.returncode, result.stderr.strip()) == (1, "vmctl: could not open disk image(s)"), result
+    assert "nosuch" not in vmd.status()
+
+
+def test_an_instance_of_an_unknown_vm_is_an_invalid_template(vmd: Vmd) -> None:
+    """vmd.c vm_instance: VMD_PARENT_INVALID, which vmctl prints as `invalid template`."""
+    result = vmd.vmctl("start", "-t", "nosuch", "x")
+    assert (result.returncode, result.stderr.strip()) == (1, "vmctl: invalid template"), result
+    assert "x" not in vmd.status()
+
+
+def test_stop_and_wait_on_a_stopped_vm_are_invalid_arguments(vmd: Vmd) -> None:
+    """TERMINATE_VM_REQUEST and WAIT_VM_REQUEST answer EINVAL for a VM that is not running (vmd.c)."""
+    stopped = vmd.vmctl("stop", "rootvm")
+    assert (stopped.returncode, stopped.stderr.strip()) == (1, "stopping vm rootvm: failed: Invalid argument")
+    waited = vmd.vmctl("wait", "rootvm")
+    assert waited.returncode == 1, waited
+    assert waited.stderr.strip().endswith("failed: Invalid argument"), waited
+
+
+def test_pausing_a_paused_vm_and_unpausing_a_running_one_succeed(vmd: Vmd) -> None:
+    """vm.c pause_vm/unpause_vm return early when there is nothing to do, and the answer is a success."""
+    started = vmd.vmctl("start", "rootvm")
+    vm_id = re.search(r"started vm (\d+)", started.stderr).group(1)  # type: ignore[union-attr]
+    vmd.wait_state("rootvm", "running")
+    unpaused = vmd.vmctl("unpause", "rootvm")
+    assert (unpaused.returncode, unpaused.stderr.strip()) == (0, f"vmctl: unpaused vm {vm_id} successfully")
+    for _ in range(2):
+        paused = vmd.vmctl("pause", "rootvm")
+        assert (paused.returncode, paused.stderr.strip()) == (0, f"vmctl: paused vm {vm_id} successfully")
+        assert vmd.status()["rootvm"]["state"] == "paused"
+    assert vmd.vmctl("unpause", "rootvm").returncode == 0
+    assert vmd.status()["rootvm"]["state"] == "running"
+    vmd.vmctl("stop", "-f", "-w", "rootvm")
+
+
+def test_status_of_an_unknown_name_prints_the_header_and_succeeds(vmd: Vmd) -> None:
+    """vmctl.c print_vm_info: the exit status counts every VM listed, not only the one asked for."""
+    result = vmd.vmctl("status", "nosuch")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == ["   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME"]
+
+
+def test_running_vms_are_listed_and_stopped_newest_first(vmd: Vmd) -> None:
+    """vmm(4) pushes each new VM on the head of its list (SLIST_INSERT_HEAD), vmd appends the stopped ones in
+    the order it registered them, and vmctl.c terminate_all stops in that order and always exits 0."""
+    for name in ("rootvm", "owned"):
+        assert vmd.vmctl("start", name).returncode == 0
+        vmd.wait_state(name, "running")
+    names = [line.split()[-1] for line in vmd.vmctl("status").stdout.splitlines()[1:]]
+    assert names[:2] == ["owned", "rootvm"], names
+    assert names[2:] == ["grouped", "template"], names
+    stopped = vmd.vmctl("stop", "-a", "-f", user=OWNER)  # the owner may stop one of the two
+    assert stopped.returncode == 0, stopped
+    owned_id = vmd.status()["owned"]["id"]
+    assert stopped.stderr.splitlines() == [f"stopping vm owned: requested to shutdown vm {owned_id}",
+                                           "stopping vm rootvm: failed: Operation not permitted"], stopped
+    assert vmd.vmctl("stop", "-a", "-f", "-w").returncode == 0
+    assert {row["state"] for row in vmd.status().values()} == {"stopped"}
+
+
+def test_a_stranger_starting_a_running_vm_learns_only_that_it_is_not_permitted(vmd: Vmd) -> None:
+    """vmd.c vm_register checks the user's permission before the VM's state."""
+    assert vmd.vmctl("start", "owned", user=OWNER).returncode == 0
+    vmd.wait_state("owned", "running")
+    refused = vmd.vmctl("start", "owned", user=STRANGER)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1, "vmctl: start vm command failed: Operation not permitted"), refused
+    vmd.vmctl("stop", "-f", "-w", "owned")
+
+
+def test_the_owner_starts_a_configured_vm_whose_files_only_root_can_read(
+        tmp_path: Path, guests: dict[str, Path], users: dict[str, int]) -> None:
+    """config.c config_setvm checks the user's access only for what an instance supplies; what root named in
+    vm.conf is opened as vmd. A file the user names is still opened as the user."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    kernel, disk = private / "demo.elf", private / "disk.img"
+    shutil.copy(guests["demo"], kernel)
+    disk.write_bytes(bytes(1 << 20))
+    for path in (kernel, disk):
+        os.chmod(path, 0o600)
+    daemon = Vmd(tmp_path, _config(guests, f"""
+vm "private" {{
+    disable
+    memory 16M
+    boot "{kernel}"
+    disk "{disk}"
+    owner {OWNER}
+}}
+"""))
+    daemon.start()
+    try:
+        started = daemon.vmctl("start", "private", user=OWNER)
+        assert started.returncode == 0, started
+        daemon.wait_state("private", "running")
+        assert daemon.vmctl("stop", "-f", "-w", "private", user=OWNER).returncode == 0
+        daemon.wait_state("private", "stopped")
+        theirs = daemon.vmctl("start", "-b", str(kernel), "private", user=OWNER)
+        assert theirs.returncode == 1, theirs
+        assert "Permission denied" in theirs.stderr, theirs
+        assert daemon.status()["private"]["state"] == "stopped"
+    finally:
+        daemon.stop()

@@ -194,7 +194,7 @@ def test_number_then_word() -> None:
 
 def test_macro_rules() -> None:
     res = ok('m = "64M"\nunused = x\nvm "a" {\n memory $m\n boot "/k"\n}\n')
-    assert res.warnings == ["vm.conf:2: warning: macro 'unused' not used"]
+    assert res.warnings == ["warning: macro 'unused' not used"]  # no location, as parse_config prints it
     assert errors('vm "a" {\n memory $nope\n boot "/k"\n}\n') == ["vm.conf:2: macro 'nope' not defined"]
     assert errors('"a b" = c\n') == ["vm.conf:1: macro name cannot contain whitespace"]
     # not expanded inside quotes
@@ -516,3 +516,27 @@ def test_block_must_end_its_line() -> None:
 def test_include_of_a_non_regular_file() -> None:
     assert errors('include "/dev/zero"\n') == ["vm.conf:1: failed to include file /dev/zero"]
     assert errors('include "/"\n') == ["vm.conf:1: failed to include file /"]
+
+
+# -- option lists as parse.y reads them: `opts_l: opts_l opts nl | opts optnl` (vm_opts_l, switch_opts_l) -------
+
+def test_the_first_option_may_share_its_line_with_the_second() -> None:
+    res = ok('vm "a" { disk "/x" memory 1G\n}\nswitch "s" { interface bridge0 down\n}\n')
+    vm, = res.config.vms  # type: ignore[union-attr]
+    switch, = res.config.switches  # type: ignore[union-attr]
+    assert (vm.disks[0].path, vm.memory) == ("/x", 1 << 30)
+    assert (switch.interface, switch.up) == ("bridge0", False)
+
+
+def test_a_single_option_may_share_the_line_of_both_braces() -> None:
+    res = ok('vm "a" { boot "/k" }\nswitch "s" { interface bridge0 }\n')
+    assert res.config.vms[0].kernel == "/k"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text, line", [
+    ('vm "a" { boot "/k" memory 1G owner joe\n}\n', 1),  # the second option ends its line
+    ('vm "a" {\n boot "/k"\n memory 1G }\n', 3),  # so does the last one, before the brace
+    ('switch "s" {\n interface bridge0\n down }\n', 3),
+])
+def test_later_options_end_their_line(text: str, line: int) -> None:
+    assert errors(text) == [f"vm.conf:{line}: syntax error"]

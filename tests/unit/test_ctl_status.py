@@ -34,10 +34,13 @@ def test_render_all_and_filters() -> None:
     assert n == 2 and lines[0] == header() and len(lines) == 3
     lines, n = render([RUNNING, STOPPED], running_only=True)
     assert n == 1 and lines[1].endswith(" vm1")
+    # the count is print_vm_info's found_running (vmctl.c 1.94): every VM -r lets through, matched or not
     lines, n = render([RUNNING, STOPPED], target="vm2")
-    assert n == 1 and lines[1].endswith(" vm2")
+    assert n == 2 and len(lines) == 2 and lines[1].endswith(" vm2")
     lines, n = render([RUNNING, STOPPED], target=1)
-    assert n == 1 and lines[1].endswith(" vm1")
+    assert n == 2 and len(lines) == 2 and lines[1].endswith(" vm1")
+    assert render([RUNNING, STOPPED], target="nosuch") == ([header()], 2)
+    assert render([RUNNING, STOPPED], target="vm2", running_only=True) == ([header()], 1)
     lines, n = render([STOPPED], running_only=True)
     assert (lines, n) == ([header()], 0)
     assert render([], target=None) == ([header()], 0)

@@ -231,7 +231,6 @@ class Parser:
         self.check_paths = check_paths
         self.resolver = resolver
         self.macros: dict[str, Macro] = {k: Macro(v, persist=True) for k, v in (macros or {}).items()}
-        self.macro_origin: dict[str, tuple[str, int]] = {}
         self.lexer = Lexer(self._lexer_error, self.macros)
         self.config = Config()
         self._la: Token | None = None
@@ -338,8 +337,14 @@ class Parser:
             self.advance()
 
     def block(self, option: Callable[[], None], separated: bool = True, commas: bool = False) -> None:
-        """`{ option NL option ... }`; separated False: options may share a line (iface_opts_l)."""
+        """`{ options }`. separated (vm_opts_l, switch_opts_l in parse.y): `'{' optnl opts_l '}'` with
+        `opts_l: opts_l opts nl | opts optnl`, so the first option may share its line with the second, and
+        every later one ends its line. commas (instance_l): options separated by commas or newlines. Neither
+        (iface_opts_l): options may share lines freely."""
         self.expect_char("{")
+        if separated and not commas:
+            self._option_list(option)
+            return
         while True:
             tok = self.peek()
             if tok.is_char("}"):
@@ -359,6 +364,39 @@ class Parser:
                     self.fail(nxt)
             except _Syntax as exc:
                 self.syntax_error(exc.token)
+                self.recover(in_block=True)
+
+    def _option_list(self, option: Callable[[], None]) -> None:
+        """The body of a vm or switch block, after its `{`, to the grammar of parse.y (see block)."""
+        count = 0
+        line_open = False  # an option after the first has been read and its newline not yet
+        while True:
+            tok = self.peek()
+            try:
+                if tok.kind == lx.EOF:
+                    self.fail(tok)
+                if tok.is_char("}"):
+                    if line_open:  # an empty block is accepted, unlike parse.y (vm.conf(5))
+                        self.fail(tok)
+                    self.advance()
+                    return
+                if tok.is_char("\n"):
+                    self.advance()
+                    line_open = False
+                    continue
+                if line_open:
+                    self.fail(tok)
+                option()
+                count += 1
+                line_open = count > 1
+            except _Syntax as exc:
+                if exc.token.kind == lx.EOF:
+                    raise
+                self.syntax_error(exc.token)
+                count, line_open = max(count, 1), False
+                if exc.token.is_char("}"):
+                    self.advance()
+                    return
                 self.recover(in_block=True)
 
     # -- top level -------------------------------------------------------------------------------------------
@@ -401,10 +439,8 @@ class Parser:
                 self.syntax_error(exc.token)
                 self.recover(in_block=False)
         for name, macro in self.macros.items():
-            if not macro.used:
-                where = self.macro_origin.get(name)
-                prefix = f"{where[0]}:{where[1]}: " if where else ""
-                self.warnings.append(f"{prefix}warning: macro '{name}' not used")
+            if not macro.used:  # parse_config prints it with no location
+                self.warnings.append(f"warning: macro '{name}' not used")
         self.config.macros = {name: m.value for name, m in self.macros.items()}
 
     def statement(self) -> None:
@@ -473,7 +509,6 @@ class Parser:
         if existing is not None and existing.persist:
             return
         self.macros[name] = Macro(value)
-        self.macro_origin[name] = (name_tok.file, name_tok.line)
 
     # -- global settings (parse.y `main`) --------------------------------------------------------------------
 

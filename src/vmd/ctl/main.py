@@ -11,8 +11,7 @@ Differences from OpenBSD, all deliberate:
   * `start` takes our extensions `-p vcpus`, `--cpu template`, `--initrd path`, `--append cmdline`, `--gdb`;
     `status`/`show` take `--json` (the daemon's list, as JSON);
   * `console` and `start -c` use a built-in terminal client (vmd.ctl.console) instead of exec'ing cu(1);
-  * `status` prints Linux pty names as `pts/N` (see vmd.ctl.status);
-  * `stop -a` exits 1 when any VM could not be stopped.
+  * `status` prints Linux pty names as `pts/N` (see vmd.ctl.status).
 """
 
 from __future__ import annotations
@@ -307,21 +306,25 @@ def ctl_status(ctx: Context, cmd: Command, args: list[str]) -> int:
         target = vmid_arg(rest[0])
     elif len(rest) > 1:
         raise Usage(cmd)
-    resp = ctx.client().request("status", target=_status_target(target), running_only=running_only)
+    # the whole list, as vmctl asks for it (get_info_vm): the exit status depends on every VM, not only on
+    # the one named (vmctl.c print_vm_info)
+    resp = ctx.client().request("status", running_only=running_only)
     if not resp["ok"]:
         raise CtlError(fail_text(resp))
     vms = resp.get("vms")
     if not isinstance(vms, list):
         raise CtlError(UNEXPECTED)
-    if as_json:
-        sys.stdout.write(json.dumps(vms, indent=2) + "\n")
-        return 0 if vms else EXIT_FAILURE
     try:
-        lines, rows = status_mod.render(vms, _status_target(target), running_only)
+        lines, found = status_mod.render(vms, _status_target(target), running_only)
     except status_mod.BadRecord:
         raise CtlError(UNEXPECTED) from None
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0 if rows else EXIT_FAILURE
+    if as_json:
+        shown = [rec for rec in vms if status_mod.matches(rec, _status_target(target))
+                 and (status_mod.is_running(rec) or not running_only)]
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if found else EXIT_FAILURE
 
 
 @dataclass
@@ -496,7 +499,7 @@ def _check_start(a: StartArgs, nnics: int, target: int | str) -> None:
 
 STOP_RESULTS = {
     "requested": "requested to shutdown vm {id}",
-    "not running": "cannot stop vm that is not running",
+    "not running": "failed: " + os.strerror(errno.EINVAL),  # vmd.c answers EINVAL
     "not found": "vm not found",
     "already stopping": "failed: " + os.strerror(errno.EALREADY),
     "not permitted": "failed: " + os.strerror(errno.EPERM),
@@ -542,14 +545,12 @@ def ctl_stop(ctx: Context, cmd: Command, args: list[str]) -> int:
         results = resp.get("results")
         if not isinstance(results, list):
             raise CtlError(UNEXPECTED)
-        status = 0
-        for r in results:
+        for r in results:  # in status order, the newest VM first
             if not isinstance(r, dict):
                 raise CtlError(UNEXPECTED)
-            text, ok = stop_result_text(r.get("result"), r.get("id"), force, wait)
+            text, _ = stop_result_text(r.get("result"), r.get("id"), force, wait)
             errput(f"stopping vm {r.get('name')}: {text}\n")
-            status |= 0 if ok else EXIT_FAILURE
-        return status
+        return 0  # vmctl.c terminate_all prints each VM's outcome and reports none: stop -a exits 0
     if len(rest) != 1:
         raise Usage(cmd)
     target = vmid_arg(rest[0])

@@ -99,14 +99,20 @@ def render_row(rec: dict[str, Any]) -> str:
 def render(
     vms: Iterable[dict[str, Any]], target: int | str | None = None, running_only: bool = False
 ) -> tuple[list[str], int]:
-    """The lines to print (header first) and how many VM rows they hold."""
+    """The lines to print (header first), and how many VMs passed the -r filter.
+
+    The count is vmctl.c print_vm_info's `found_running`, which decides the exit status: it counts every VM
+    -r lets through, whether or not it is the one asked for, so `vmctl status NAME` prints only the header
+    and succeeds when NAME is unknown but other VMs exist, and fails only when the list is empty."""
     lines = [header()]
+    found = 0
     for rec in vms:
         if not isinstance(rec, dict):
             raise BadRecord("record")
         if running_only and not is_running(rec):
             continue
+        found += 1
         if not matches(rec, target):
             continue
         lines.append(render_row(rec))
-    return lines, len(lines) - 1
+    return lines, found

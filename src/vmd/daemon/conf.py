@@ -15,17 +15,18 @@ from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.registry import VmDefinition
 
 
-def parse_macros(values: Iterable[str]) -> dict[str, str]:
-    """`-D name=value` macros."""
+def parse_macros(values: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """`-D name=value` macros (parse.y cmdline_symset, which splits at the last `=`), and the values that
+    are no definition at all."""
     macros: dict[str, str] = {}
+    bad: list[str] = []
     for value in values:
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise ValueError(f"could not parse macro definition {value}")
-        if any(ch.isspace() for ch in name):
-            raise ValueError("macro name cannot contain whitespace")
+        name, sep, text = value.rpartition("=")
+        if not sep:
+            bad.append(value)
+            continue
         macros[name] = text
-    return macros
+    return macros, bad
 
 
 def _missing_is_fine(path: str, explicit: bool) -> bool:
@@ -127,4 +128,19 @@ def instance_definition(parent: VmDefinition, name: str, overrides: dict[str, An
     definition = definition_from_spec(spec)
     if definition.owner.uid is None and definition.owner.gid is None:
         definition.owner = Owner(peer.uid, None)
+    definition.user_files = instance_user_files(definition, overrides)
     return definition
+
+
+def instance_user_files(definition: VmDefinition, overrides: dict[str, Any]) -> frozenset[str]:
+    """What vmd opens as the requesting user could, for an instance: vm_instance (vmd.c 1.169) marks in
+    vmc_checkaccess its disks (never inherited), its cdrom when the request gives one, and its boot image
+    whether given or inherited; our initrd goes with the boot image."""
+    kinds = {"disks"}
+    if definition.kernel:
+        kinds.add("kernel")
+    if definition.initrd:
+        kinds.add("initrd")
+    if overrides.get("cdrom"):
+        kinds.add("cdrom")
+    return frozenset(kinds)

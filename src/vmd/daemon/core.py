@@ -25,6 +25,7 @@ from vmd.daemon.registry import (
     STARTING,
     STOPPED,
     STOPPING,
+    USER_FILES,
     WAITING,
     Registry,
     VmDefinition,
@@ -44,6 +45,7 @@ MAX_NICS = 4
 MEMORY_MIN = 1 << 20
 MEMORY_MAX = 128 << 30
 ROOT_ONLY = {"load", "reload", "reset", "log"}
+ROOT_PEER = Peer(0, 0, 0, frozenset({0}))  # opens a file as vmd itself: only "a regular file" is checked
 
 # vmd's own result codes (vmd.h)
 VMD_BIOS_MISSING = 1001
@@ -186,7 +188,7 @@ class Daemon:
             raise RequestError("EINVAL", "missing or invalid target")
         entry = self.registry.find(target)
         if entry is None:
-            raise RequestError.from_errno(errno.ENOENT, "vm not found")
+            raise RequestError.from_errno(errno.ENOENT)
         return entry
 
     def cmd_status(self, client: Client, request: dict[str, Any]) -> None:
@@ -229,29 +231,15 @@ class Daemon:
         parent_name = request.get("instance_of")
         if parent_name is not None and not isinstance(parent_name, str):
             raise RequestError("EINVAL", "invalid field instance_of")
-        entry = self.registry.find(target)
         if parent_name:
             entry = self._make_instance(peer, str(target), str(parent_name), overrides)
-        elif entry is not None:
-            if entry.running or entry.state == STARTING:
-                raise RequestError.from_errno(errno.EALREADY, "vm is already running")
-            if not entry.permitted(peer):
-                raise RequestError.from_errno(errno.EPERM)
-            if set(overrides) - {"kernel"}:
-                raise RequestError.from_errno(errno.EALREADY)
-            if "kernel" in overrides:
-                self._check_file(overrides["kernel"], peer)
-                entry.kernel_override = overrides["kernel"]
         else:
-            if not isinstance(target, str) or target.isdigit():
-                raise RequestError.from_errno(errno.ENOENT, "vm not found")
-            if not peer.is_root:
-                log.warning("permission denied: uid %d may not create vm %s", peer.uid, target)
-                raise RequestError.from_errno(errno.EPERM)
-            definition = self._definition_from_request(target, overrides)
-            if not (definition.kernel or definition.disks or definition.cdrom):
-                raise RequestError("EINVAL", "no kernel or disk/cdrom specified")
-            entry = self.registry.add(definition, configured=False, uid=peer.uid)
+            existing = self.registry.find(target)
+            if existing is not None:
+                self._check_restart(existing, peer, overrides)
+                entry = existing
+            else:
+                entry = self._new_vm(peer, target, overrides)
         if entry.state == WAITING:
             entry.state = STOPPED
         entry.gdb_request = "wait" if gdb else None
@@ -266,10 +254,45 @@ class Daemon:
                 self.registry.remove(entry)
             raise
 
+    def _check_restart(self, entry: VmEntry, peer: Peer, overrides: dict[str, Any]) -> None:
+        """vmctl start of a VM vmd knows, in vmd.c 1.169's order: vm_register refuses a user who may not
+        manipulate the VM (EPERM) before anything about its state shows; then the control dispatch refuses
+        a VM that is running, and any option but -b (VMOP_CREATE_KERNEL), with EALREADY."""
+        if not entry.permitted(peer):
+            log.warning("permission denied: uid %d may not start vm %s", peer.uid, entry.name)
+            raise RequestError.from_errno(errno.EPERM)
+        if entry.running or entry.state == STARTING:
+            log.debug("%s: vm is already running", entry.name)
+            raise RequestError.from_errno(errno.EALREADY)
+        if set(overrides) - {"kernel"}:
+            raise RequestError.from_errno(errno.EALREADY)
+        if "kernel" in overrides:  # the user's own file (vmctl opens it as the user in OpenBSD)
+            self._check_file(overrides["kernel"], peer)
+            entry.kernel_override = overrides["kernel"]
+
+    def _new_vm(self, peer: Peer, target: str | int, overrides: dict[str, Any]) -> VmEntry:
+        """vmctl start of a name (or id) vmd does not know: vm_register (vmd.c 1.169). Only root may create
+        a VM; a request without options is `invalid configuration, no devices`, which vmd answers with
+        VMD_DISK_MISSING (vmctl: `could not open disk image(s)`), for a name as for an id."""
+        if not peer.is_root:
+            log.warning("permission denied: uid %d may not create vm %s", peer.uid, target)
+            raise RequestError.from_errno(errno.EPERM)
+        if not overrides:
+            log.warning("invalid configuration, no devices")
+            raise RequestError("ENOENT", "could not open disk image(s)", code=VMD_DISK_MISSING)
+        if not isinstance(target, str) or target.isdigit():  # an id that names no VM: no name to create
+            log.warning("invalid VM name")
+            raise RequestError.from_errno(errno.EINVAL)
+        definition = self._definition_from_request(target, overrides)
+        if not (definition.kernel or definition.disks or definition.cdrom):
+            raise RequestError("EINVAL", "no kernel or disk/cdrom specified")
+        definition.user_files = USER_FILES  # all from the request (root's, so nothing is refused)
+        return self.registry.add(definition, configured=False, uid=peer.uid)
+
     def _make_instance(self, peer: Peer, name: str, parent_name: str, overrides: dict[str, Any]) -> VmEntry:
         parent = self.registry.find(parent_name)
-        if parent is None:
-            raise RequestError.from_errno(errno.ENOENT, "vm not found")
+        if parent is None:  # vm_instance: VMD_PARENT_INVALID, which vmctl prints as `invalid template`
+            raise RequestError("ENOENT", "invalid template", code=VMD_PARENT_INVALID)
         if self.registry.find(name) is not None:
             raise RequestError.from_errno(errno.EALREADY)
         from vmd.daemon.conf import instance_definition
@@ -308,11 +331,10 @@ class Daemon:
             raise RequestError("EINVAL", "too many disks")
         if max(definition.nics, len(definition.switches) + definition.local_nics) > MAX_NICS:
             raise RequestError("EINVAL", "too many network interfaces")
-        kernel = definition.kernel
-        if kernel:
-            self._check_file(kernel, peer)
+        if definition.kernel:
+            self._check_file(definition.kernel, _file_peer(definition, "kernel", peer))
         if definition.initrd:
-            self._check_file(definition.initrd, peer)
+            self._check_file(definition.initrd, _file_peer(definition, "initrd", peer))
 
     def start_entry(self, entry: VmEntry, run_uid: int, client: Client | None = None) -> None:
         """config_setvm + vmm start: open what the VM needs, fork+exec its process."""
@@ -321,13 +343,15 @@ class Daemon:
         peer = _user_peer(run_uid) if client is None else client.peer
         self._validate(definition, peer)
         kernel = entry.kernel_override or definition.kernel
+        kernel_peer = peer if entry.kernel_override else _file_peer(definition, "kernel", peer)
         entry.kernel_override = None
         files: dict[str, int] = {}
         try:
-            for key, path in (("kernel", kernel), ("initrd", definition.initrd)):
+            for key, path, who in (("kernel", kernel, kernel_peer),
+                                   ("initrd", definition.initrd, _file_peer(definition, "initrd", peer))):
                 if path:
                     try:
-                        files[key] = open_checked(path, peer)
+                        files[key] = open_checked(path, who)
                     except AccessDenied as error:
                         raise RequestError("EACCES", str(error)) from None
                     except OSError as error:
@@ -343,12 +367,13 @@ class Daemon:
                     raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING) from None
             disks = []
             for index, disk in enumerate(definition.disks):
-                disks.append(self._open_disk(definition.name, index, disk, peer, files))
+                disks.append(self._open_disk(definition.name, index, disk, _file_peer(definition, "disks", peer),
+                                             files))
             cdrom = None
             if definition.cdrom:
                 path = definition.cdrom
                 try:
-                    files["cdrom"] = open_checked(path, peer)
+                    files["cdrom"] = open_checked(path, _file_peer(definition, "cdrom", peer))
                 except AccessDenied as error:
                     code = VMD_CDROM_INVALID if "regular" in str(error) else VMD_CDROM_MISSING
                     raise RequestError("ENOENT", str(error), code=code) from None
@@ -383,6 +408,7 @@ class Daemon:
                 spec["debug"], spec["debug_hold"] = True, gdb == "wait"
             process = spawn(definition.name, spec, entry.terminal, files, self._vm_user(), self.verbose)
             files = {}
+            self.registry.mark_started(entry)
         except BaseException:
             self._close_interfaces(entry)
             self._remove_gdb_socket(entry)
@@ -574,8 +600,8 @@ class Daemon:
     # -- stop, pause, wait ----------------------------------------------------------------------------
     def cmd_stop(self, client: Client, request: dict[str, Any]) -> None:
         force, wait = bool(request.get("force")), bool(request.get("wait"))
-        if request.get("all"):
-            targets = [e for e in self.registry.ordered() if e.running and e.permitted(client.peer)]
+        if request.get("all"):  # vmctl.c terminate_all: every running VM in status order, newest first
+            targets = [e for e in self.registry.ordered() if e.running]
         else:
             targets = [self._target(request)]
         results = []
@@ -607,13 +633,15 @@ class Daemon:
             entry.stop_waiters.append(collector)
 
     def _stop_one(self, entry: VmEntry, peer: Peer, force: bool) -> str:
-        if not entry.permitted(peer):
-            return "not permitted"
-        if not entry.running:
-            return "not running"
-        assert entry.process is not None
+        """vmd.c 1.169 TERMINATE_VM_REQUEST: the VM's state is checked before the user's permission
+        (already stopping without -f: EALREADY; not running: EINVAL; then EPERM)."""
         if entry.state == STOPPING and not force:
             return "already stopping"
+        if not entry.running:
+            return "not running"
+        if not entry.permitted(peer):
+            return "not permitted"
+        assert entry.process is not None
         entry.state = STOPPING
         if force:
             entry.process.kill()
@@ -624,11 +652,14 @@ class Daemon:
         return "requested"
 
     def cmd_wait(self, client: Client, request: dict[str, Any]) -> None:
+        """WAIT_VM_REQUEST shares TERMINATE's checks in vmd.c 1.169: a VM that is not running is EINVAL
+        (vmctl: `failed: Invalid argument`), before the permission check. Waiting for a VM that is
+        stopping is allowed here; vmd.c refuses it with EALREADY."""
         entry = self._target(request)
+        if not entry.running:
+            raise RequestError.from_errno(errno.EINVAL)
         if not entry.permitted(client.peer):
             raise RequestError.from_errno(errno.EPERM)
-        if not entry.running:
-            raise RequestError.from_errno(errno.EINVAL, "vm is not running")
 
         class _Waiter:
             def respond(self, payload: dict[str, Any]) -> None:
@@ -646,14 +677,22 @@ class Daemon:
         self._pause(client, request, pause=False)
 
     def _pause(self, client: Client, request: dict[str, Any], pause: bool) -> None:
-        """pause_vm / unpause_vm: the VM process stops or restarts its vCPUs."""
+        """pause_vm / unpause_vm: the VM process stops or restarts its vCPUs.
+
+        As in OpenBSD: the permission is checked first (vmd.c 1.169); a VM that is not running is unknown
+        to the vmm process, ENOENT (vmm.c 1.133); pausing a paused VM or unpausing a running one succeeds
+        and changes nothing (vm.c pause_vm/unpause_vm return early, the answer is a success). A VM still
+        starting or already stopping cannot be paused here (EINVAL)."""
         entry = self._target(request)
         if not entry.permitted(client.peer):
             raise RequestError.from_errno(errno.EPERM)
-        if entry.state != (RUNNING if pause else PAUSED) or entry.process is None:
-            raise RequestError.from_errno(errno.EINVAL)
-        entry.process.send("pause" if pause else "unpause")
-        entry.state = PAUSED if pause else RUNNING
+        if entry.process is None:
+            raise RequestError.from_errno(errno.ENOENT)
+        if entry.state != (PAUSED if pause else RUNNING):
+            if entry.state != (RUNNING if pause else PAUSED):
+                raise RequestError.from_errno(errno.EINVAL)
+            entry.process.send("pause" if pause else "unpause")
+            entry.state = PAUSED if pause else RUNNING
         log.info("%s vm %d successfully", "paused" if pause else "unpaused", entry.id)
         client.respond({"id": entry.id})
 
@@ -765,6 +804,14 @@ class Daemon:
             for key, mask in self.selector.select(timeout):
                 key.data(mask)
         self.control.shutdown()
+
+
+def _file_peer(definition: VmDefinition, kind: str, peer: Peer) -> Peer:
+    """Whose access a VM's file of this kind is opened with (config.c 1.79 config_setvm): the user's for
+    what the request supplied (an instance's disks, cdrom and boot image: vm_checkaccess with the user
+    check), vmd's own for what root configured in vm.conf, so a VM's owner may start it even when only root
+    can open its disk."""
+    return peer if kind in definition.user_files else ROOT_PEER
 
 
 def _user_peer(uid: int) -> Peer:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
+import getopt
 import logging
 import logging.handlers
 import os
@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 DEFAULT_CONFIG = "/etc/vm.conf"
 DEFAULT_SOCKET = "/run/vmd.sock"
@@ -18,22 +19,44 @@ DEFAULT_SOCKET = "/run/vmd.sock"
 log = logging.getLogger("vmd")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"vmd: {message}", file=sys.stderr)
-        print("usage: vmd [-dnv] [-D macro=value] [-f file]", file=sys.stderr)
-        sys.exit(1)
+USAGE = "usage: vmd [-dnv] [-D macro=value] [-f file]"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vmd", add_help=False)
-    parser.add_argument("-d", dest="foreground", action="store_true")
-    parser.add_argument("-n", dest="check", action="store_true")
-    parser.add_argument("-v", dest="verbose", action="count", default=0)
-    parser.add_argument("-D", dest="macros", action="append", default=[])
-    parser.add_argument("-f", dest="config", default=None)
-    parser.add_argument("-h", "--help", action="store_true")
-    return parser
+class UsageError(Exception):
+    """A bad command line: the message (if any) and the usage line go to stderr, and vmd exits 1."""
+
+
+@dataclass
+class Options:
+    foreground: bool = False
+    check: bool = False
+    verbose: int = 0
+    macros: list[str] = field(default_factory=list)
+    config: str | None = None
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    """vmd.c main(): getopt(3) over "D:df:nv", with getopt's own messages; no operands."""
+    try:
+        pairs, rest = getopt.getopt(list(argv), "D:df:nv")
+    except getopt.GetoptError as error:
+        needs = error.msg.endswith("requires argument")
+        raise UsageError(f"{'option requires an argument' if needs else 'unknown option'} -- {error.opt}") from None
+    if rest:
+        raise UsageError("")
+    options = Options()
+    for flag, value in pairs:
+        if flag == "-d":
+            options.foreground = True
+        elif flag == "-n":
+            options.check = True
+        elif flag == "-v":
+            options.verbose += 1
+        elif flag == "-D":
+            options.macros.append(value)
+        elif flag == "-f":
+            options.config = value
+    return options
 
 
 def _setup_logging(foreground: bool, verbose: int) -> None:
@@ -74,23 +97,24 @@ def daemon_main(argv: Sequence[str]) -> int:
     from vmd.daemon.core import ConfigError, Daemon, Settings
     from vmd.daemon.registry import VmDefinition
 
-    args = _parser().parse_args(list(argv))
-    if args.help:
-        print("usage: vmd [-dnv] [-D macro=value] [-f file]")
-        return 0
     try:
-        macros = parse_macros(args.macros)
-    except ValueError as error:
-        print(f"vmd: {error}", file=sys.stderr)
+        args = parse_options(argv)
+    except UsageError as error:
+        if str(error):
+            print(f"vmd: {error}", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 1
+    macros, bad = parse_macros(args.macros)
+    for text in bad:  # cmdline_symset failed: vmd.c logs it and carries on
+        print(f"vmd: could not parse macro definition {text}", file=sys.stderr)
     config_path = os.path.abspath(args.config) if args.config else DEFAULT_CONFIG
-    if args.check:
+    if args.check:  # vmd.c: the parser's lines through log_warnx, then "configuration OK", all on stderr
         errors, warnings = check_config(config_path, macros, explicit=args.config is not None)
         for line in warnings + errors:
-            print(line, file=sys.stderr)
+            print(_logged(line), file=sys.stderr)
         if errors:
             return 1
-        print("configuration OK")
+        print("configuration OK", file=sys.stderr)
         return 0
     if os.geteuid() != 0:
         print("vmd: need root privileges", file=sys.stderr)
@@ -122,13 +146,19 @@ def daemon_main(argv: Sequence[str]) -> int:
         daemon.configure(config_path, replace=True)
     except ConfigError as error:
         for line in error.errors:
-            print(line, file=sys.stderr)
+            print(_logged(line), file=sys.stderr)
         daemon.control.shutdown()
         return 1
     if not args.foreground:
         _notify_ready()
     daemon.run()
     return 0
+
+
+def _logged(line: str) -> str:
+    """A parser message as vmd's log_warnx prints it on stderr, after the program's name; parse.y writes the
+    unused-macro warning with fprintf, bare."""
+    return line if line.startswith(("warning: ", "vmd: ")) else f"vmd: {line}"
 
 
 def _daemonize() -> None:

@@ -11,6 +11,11 @@ from vmd.daemon.supervisor import Terminal, VmProcess
 
 DEFAULT_MEMORY = 512 * 1024 * 1024  # VM_DEFAULT_MEMORY
 
+# The files of a VM that vmd opens as the requesting user could (VmDefinition.user_files): config.c 1.79
+# config_setvm calls vm_checkaccess with a user check only for the kinds vm_instance marked in
+# vmc_checkaccess, the ones an instance supplies; a VM's files from vm.conf are root's to name.
+USER_FILES = frozenset({"kernel", "initrd", "cdrom", "disks"})
+
 # vmctl status states (vmctl.c vm_state)
 RUNNING, STOPPED, STOPPING = "running", "stopped", "stopping"
 PAUSED, WAITING, STARTING = "paused", "waiting", "starting"
@@ -39,6 +44,7 @@ class VmDefinition:
     enabled: bool = True
     config: Any = None  # the config.VmSpec it came from, for instances
     interfaces: list[Any] = field(default_factory=list)  # config.InterfaceSpec, in NIC order
+    user_files: frozenset[str] = frozenset()  # of USER_FILES: opened only as the user could (vm_checkaccess)
 
     def interface_specs(self) -> list[Any]:
         """The VM's NICs: as configured, or from vmctl start: -L ones, then -n ones, then plain ones up to -i."""
@@ -74,6 +80,7 @@ class VmEntry:
     last_error: str = ""
     gdb_request: str | None = None  # vmctl start --gdb: "wait" for this run (guest reboots included)
     gdb_path: str | None = None  # the GDB stub's socket while the VM runs
+    started: int = 0  # when its VM process was last spawned, as a sequence number (status order)
 
     @property
     def name(self) -> str:
@@ -104,6 +111,7 @@ class Registry:
         self.entries: dict[int, VmEntry] = {}
         self._claims: dict[tuple[str, int], int] = {}
         self._next_id = 1
+        self._starts = 0
 
     def claim_id(self, name: str, uid: int) -> int:
         key = (name, uid)
@@ -138,10 +146,23 @@ class Registry:
         self._claims.clear()
         self._next_id = 1
 
+    def mark_started(self, entry: VmEntry) -> None:
+        """entry's VM process was just spawned (a first start, or a restart after a guest reboot)."""
+        self._starts += 1
+        entry.started = self._starts
+
     def ordered(self) -> list[VmEntry]:
-        """Status order: running VMs first, then the others, each by id."""
-        entries = sorted(self.entries.values(), key=lambda e: e.id)
-        return [e for e in entries if e.running] + [e for e in entries if not e.running]
+        """Status order, as OpenBSD lists its VMs: the running ones newest first, then the others in the
+        order vmd registered them.
+
+        vmd's vmm process asks the kernel for its running VMs (VMM_IOC_INFO), and vmm(4) keeps them on a
+        list it pushes each new VM onto (sys/dev/vmm/vmm.c vm_create: SLIST_INSERT_HEAD), so the VM started
+        last comes first; vmd.c then appends the stopped ones by walking its own vmd_vms TAILQ, which
+        vm_register fills at the tail (vmd.c 1.169 GET_INFO_VM_END_DATA). `vmctl stop -a` stops them in
+        this order (vmctl.c terminate_all)."""
+        entries = list(self.entries.values())  # insertion order: the order they were registered
+        running = sorted((e for e in entries if e.running), key=lambda e: e.started, reverse=True)
+        return running + [e for e in entries if not e.running]
 
 
 def now() -> float:
