@@ -509,8 +509,12 @@ class Machine:
     def _handle_exit(self, vcpu: Vcpu, reason: int) -> None:
         run = vcpu.run
         if reason == k.KVM_EXIT_SHUTDOWN:
-            log.warning("vm %s: vcpu%d: triple fault, the guest is reset\n%s", self.spec.name, vcpu.index,
-                        format_registers(vcpu, self.memory))
+            registers = format_registers(vcpu, self.memory)
+            if "rip=000000000000fff0" in registers and "cs=f000" in registers:
+                # KVM on AMD re-initialises the vCPU on a SHUTDOWN intercept (svm.c shutdown_interception)
+                registers += "\n  (these are the vCPU's reset values: KVM reset it before the exit, so where it" \
+                             " faulted is lost)"
+            log.warning("vm %s: vcpu%d: triple fault, the guest is reset\n%s", self.spec.name, vcpu.index, registers)
             self.finish(Outcome("reboot", message="triple fault"))
         elif reason == k.KVM_EXIT_SYSTEM_EVENT:
             event = k.RUN_SYSTEM_EVENT.unpack_from(run, k.RUN_UNION_OFFSET)[0]

@@ -60,9 +60,11 @@ vm "peer" {{
 
 @pytest.fixture(scope="module")
 def linux(vmd: Vmd, images: dict[str, Path]) -> Iterator[Console]:
-    """The main guest, started ad hoc by root: 2 vCPUs, a raw and a qcow2 disk, the kit's CD in the CD-ROM
-    drive, a local interface (-L, its first interface, eth0) and one on the switch (eth1)."""
-    vmd.must("start", "-m", "1G", "-p", "2", "-b", str(kit_file("vmlinuz")), "--initrd", str(kit_file("initrd.img")),
+    """The main guest, started ad hoc by root: one vCPU, a raw and a qcow2 disk, the kit's CD in the CD-ROM
+    drive, a local interface (-L, its first interface, eth0) and one on the switch (eth1). SMP is
+    test_lifecycle.py's: with this guest at 2 vCPUs and the peer beside it, its vCPU 1 once took a triple fault
+    in the emulated SVM (the test host has 2 vCPUs for 3 nested ones)."""
+    vmd.must("start", "-m", "1G", "-b", str(kit_file("vmlinuz")), "--initrd", str(kit_file("initrd.img")),
              "--append", kit_cmdline(), "-d", str(images["raw"]), "-d", str(images["qcow2"]),
              "-r", str(kit_file("isolinux.iso")), "-L", "-n", "lan", "linux")
     console = vmd.console("linux")
@@ -71,10 +73,9 @@ def linux(vmd: Vmd, images: dict[str, Path]) -> Iterator[Console]:
     console.close()
 
 
-def test_the_guest_reaches_userspace_with_every_cpu_online(linux: Console) -> None:
+def test_the_guest_reaches_userspace(linux: Console) -> None:
     assert linux.must("uname -sm").split() == ["Linux", "x86_64"]
-    assert linux.must("nproc").strip() == "2"
-    assert linux.must("cat /sys/devices/system/cpu/online").strip() == "0-1"
+    assert linux.must("cat /sys/devices/system/cpu/online").strip() == "0"
 
 
 def test_the_ext4_disk_is_mounted_and_holds_what_the_host_wrote(linux: Console) -> None:
