@@ -9,13 +9,14 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+from vmd.acpi_layout import PM_BASE, PM_LENGTH, SCI_IRQ
 from vmd.boot import acpi, load_kernel
 from vmd.boot.bios import default_firmware
 from vmd.boot.state import CR0_PG, EFER_LMA, BootError, BootOptions, BootPlan, CpuState, Segment
 from vmd.boot.x86 import write_mptable
 from vmd.console import Console
 from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
-from vmd.devices.acpi_pm import PM_BASE, PM_LENGTH, SCI_IRQ, AcpiPm
+from vmd.devices.acpi_pm import AcpiPm
 from vmd.devices.base import Bus, ThreadScheduler
 from vmd.devices.debug_exit import DebugExit
 from vmd.devices.fw_cfg import FwCfg, seabios_files
