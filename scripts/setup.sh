@@ -27,8 +27,15 @@ if [ ! -x .venv/bin/python ]; then
 	echo "setup: creating .venv"
 	"$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# Install (and build the C run loop) only when what the install depends on has changed since the last one.
+stamp=.venv/.vmd-install-stamp
+wanted=$(cat pyproject.toml setup.py src/vmd/_runloop.c | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || [ ! -x .venv/bin/vmd ]; then
+	echo "setup: installing vmd and its test tools into .venv"
+	.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+	.venv/bin/python -m pip install -q -e '.[test]'
+	echo "$wanted" >"$stamp"
+fi
 
 echo "setup: building the test guests"
 .venv/bin/python tests/guests/build.py tests/guests/out >/dev/null

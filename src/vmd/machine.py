@@ -9,16 +9,24 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+from vmd.acpi_layout import PM_BASE, PM_LENGTH, SCI_IRQ
 from vmd.boot import acpi, load_kernel
 from vmd.boot.bios import default_firmware
 from vmd.boot.state import CR0_PG, EFER_LMA, BootError, BootOptions, BootPlan, CpuState, Segment
 from vmd.boot.x86 import write_mptable
 from vmd.console import Console
 from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
-from vmd.devices.acpi_pm import PM_BASE, PM_LENGTH, SCI_IRQ, AcpiPm
+from vmd.devices.acpi_pm import AcpiPm
 from vmd.devices.base import Bus, ThreadScheduler
 from vmd.devices.debug_exit import DebugExit
-from vmd.devices.fw_cfg import FwCfg, seabios_files
+from vmd.devices.fw_cfg import (
+    FW_CFG_MAX_CPUS,
+    FW_CFG_NB_CPUS,
+    FW_CFG_NOGRAPHIC,
+    FW_CFG_RAM_SIZE,
+    FwCfg,
+    seabios_files,
+)
 from vmd.devices.i8042 import I8042
 from vmd.devices.pci import COMMAND, COMMAND_MASTER, COMMAND_MEMORY, PciBus, PciHostBridge
 from vmd.devices.rtc import Rtc
@@ -339,10 +347,10 @@ class Machine:
     def _fill_fw_cfg(self) -> None:
         """What SeaBIOS reads through fw_cfg (QEMU docs/specs/fw_cfg.rst; SeaBIOS src/fw/paravirt.c)."""
         assert self.memory is not None
-        self.fw_cfg.add_item(0x03, self.memory.size.to_bytes(8, "little"))  # FW_CFG_RAM_SIZE
-        self.fw_cfg.add_item(0x04, (1).to_bytes(2, "little"))  # FW_CFG_NOGRAPHIC
-        self.fw_cfg.add_item(0x05, self.spec.vcpus.to_bytes(2, "little"))  # FW_CFG_NB_CPUS
-        self.fw_cfg.add_item(0x0F, self.spec.vcpus.to_bytes(2, "little"))  # FW_CFG_MAX_CPUS
+        self.fw_cfg.add_u64(FW_CFG_RAM_SIZE, self.memory.size)
+        self.fw_cfg.add_u16(FW_CFG_NOGRAPHIC, 1)
+        self.fw_cfg.add_u16(FW_CFG_NB_CPUS, self.spec.vcpus)
+        self.fw_cfg.add_u16(FW_CFG_MAX_CPUS, self.spec.vcpus)
         for name, data in seabios_files(self.plan.e820).items():
             self.fw_cfg.add_file(name, data)
         if not self.plan.needs_mptable:  # BIOS boot: SeaBIOS installs the ACPI tables (boot/acpi.py)

@@ -13,9 +13,7 @@ Exit status: 0 after a poweroff or a stop, EXIT_REBOOT after a guest reboot, 1 a
 
 from __future__ import annotations
 
-import array
 import ctypes
-import json
 import logging
 import os
 import pwd
@@ -26,37 +24,12 @@ import threading
 from vmd.console import Console
 from vmd.gdbstub import GdbServer
 from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, NicSpec, Outcome
+from vmd.vmchannel import EXIT_REBOOT, receive_message, send_message
 
-EXIT_REBOOT = 75
-MAX_MESSAGE = 65536
-MAX_FDS = 16
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_NAME = 15
 
 log = logging.getLogger("vmd.vm")
-
-
-def send_message(sock: socket.socket, message: dict[str, object], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        sock.send(data)
-
-
-def receive_message(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
-    """One message and the fds that came with it; (None, []) when the peer has gone."""
-    fds = array.array("i")
-    data, ancillary, _flags, _address = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    if not data:
-        return None, list(fds)
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("message is not an object")
-    return message, list(fds)
 
 
 EMPTY_ROOT = "/var/lib/vmd/empty"  # an empty, root-owned directory the VM process is locked into

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from vmd.acpi_layout import SLP_TYP_S5
 from vmd.devices.acpi_pm import (
     PM_TIMER_HZ,
     PWRBTN_EN,
     PWRBTN_STS,
     SCI_EN,
     SLP_EN,
-    SLP_TYP_S5,
     SLP_TYP_SHIFT,
     WAK_STS,
     AcpiPm,

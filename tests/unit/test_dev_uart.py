@@ -160,10 +160,9 @@ def test_backlog_never_drops() -> None:
     wr(uart, IER, 0x01)
     data = bytes(i & 0xFF for i in range(1000))
     uart.feed(data)
-    assert uart.pending_input == 1000
     got = bytearray()
     bursts = 0
-    while uart.pending_input:
+    while len(got) < len(data) and bursts <= len(data):
         assert irq.level  # one edge per burst
         while rd(uart, LSR) & 1:
             got.append(rd(uart, RBR))

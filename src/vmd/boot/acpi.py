@@ -24,8 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmd.boot.x86 import ACPI_AREA_ADDRESS, ACPI_AREA_SIZE
-from vmd.devices.acpi_pm import (
+from vmd.acpi_layout import (
     PM1_CNT_LEN,
     PM1_CNT_OFFSET,
     PM1_EVT_LEN,
@@ -36,6 +35,7 @@ from vmd.devices.acpi_pm import (
     SCI_IRQ,
     SLP_TYP_S5,
 )
+from vmd.boot.x86 import ACPI_AREA_ADDRESS, ACPI_AREA_SIZE
 from vmd.memory import IOAPIC_ADDRESS, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory
 
 TABLES_OFFSET = 0x40  # from the RSDP: 64-byte aligned, as the FACS must be (5.2.10)

@@ -7,25 +7,23 @@ built for that (its 256 KiB image relocates itself from the high copy).
 
 from __future__ import annotations
 
-import os
-
 from vmd.boot.state import BootError, BootOptions, BootPlan, CpuState
 from vmd.boot.x86 import PAGE_SIZE, BadImage, align_up
+from vmd.firmware import SEABIOS_PATHS, find_bios
 from vmd.memory import HIGH_MEMORY_START, GuestMemory, KiB, MiB
 
 BIOS_MIN_SIZE = 15  # vmd: "bios image too small"
 BIOS_MAX_SIZE = 4 * MiB  # vmd: "bios image too large (> 4 MiB)"
 LOW_COPY_MAX = 128 * KiB
-SEABIOS_PATHS = ("/usr/share/seabios/bios-256k.bin", "/usr/share/seabios/bios.bin")
 
 
 def default_firmware() -> str:
     """The BIOS used when no kernel is given: Debian's SeaBIOS (package seabios)."""
-    for path in SEABIOS_PATHS:
-        if os.path.isfile(path):
-            return path
-    raise BootError(f"{SEABIOS_PATHS[0]}: BIOS firmware not found (install the seabios package,"
-                    " or give a kernel with -b)")
+    path = find_bios()
+    if path is None:
+        raise BootError(f"{SEABIOS_PATHS[0]}: BIOS firmware not found (install the seabios package,"
+                        " or give a kernel with -b)")
+    return path
 
 
 def boot_order_files(options: BootOptions) -> dict[str, bytes]:

@@ -70,12 +70,6 @@ class Token:
     def is_keyword(self, word: str) -> bool:
         return self.kind == KEYWORD and self.value == word
 
-    def describe(self) -> str:
-        if self.kind == EOF:
-            return "end of file"
-        if self.kind == CHAR:
-            return "newline" if self.value == "\n" else repr(self.value)
-        return repr(self.value)
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 from vmd.config.instance import InstanceError, make_instance
 from vmd.config.parser import parse_config
 from vmd.config.spec import DiskSpec, InterfaceSpec, OwnerSpec, VmSpec, auto_inet6_prefix
-from vmd.daemon.core import ConfigError, Settings
 from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.registry import VmDefinition
+from vmd.daemon.settings import ConfigError, Settings
 
 
 def parse_macros(values: Iterable[str]) -> tuple[dict[str, str], list[str]]:

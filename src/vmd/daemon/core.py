@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmd.daemon.conf import instance_definition
 from vmd.daemon.control import Client, ControlServer, RequestError
 from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
 from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
@@ -31,8 +32,10 @@ from vmd.daemon.registry import (
     VmDefinition,
     VmEntry,
 )
+from vmd.daemon.settings import ConfigError, Settings
 from vmd.daemon.supervisor import VM_USER, Terminal, VmProcess, describe_exit, spawn
-from vmd.vmproc import EXIT_REBOOT
+from vmd.firmware import find_bios
+from vmd.vmchannel import EXIT_REBOOT
 
 log = logging.getLogger("vmd")
 
@@ -65,18 +68,6 @@ class _Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-@dataclass
-class Settings:
-    """Global settings from vm.conf."""
-
-    socket_group: int = 0
-    stagger_parallel: int = 0  # 0: number of CPUs
-    stagger_delay: float = 30.0
-    switches: list[Any] = field(default_factory=list)  # config.SwitchSpec
-    local_prefix: Any = None  # IPv4Network; None: vm.conf's default
-    local_prefix6: Any = None  # IPv6Network when `local inet6` is on
 
 
 ConfigLoader = Callable[[str], tuple[list[VmDefinition], Settings]]
@@ -295,8 +286,6 @@ class Daemon:
             raise RequestError("ENOENT", "invalid template", code=VMD_PARENT_INVALID)
         if self.registry.find(name) is not None:
             raise RequestError.from_errno(errno.EALREADY)
-        from vmd.daemon.conf import instance_definition
-
         try:
             definition = instance_definition(parent.definition, name, overrides, peer)
         except PermissionError as error:
@@ -358,13 +347,8 @@ class Daemon:
                         raise RequestError.from_errno(error.errno or errno.EIO,
                                                       f"can't open {key} {path}: {error.strerror}") from None
             if not kernel:
-                from vmd.boot.bios import default_firmware
-                from vmd.boot.state import BootError
-
-                try:
-                    default_firmware()
-                except BootError:
-                    raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING) from None
+                if find_bios() is None:
+                    raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING)
             disks = []
             for index, disk in enumerate(definition.disks):
                 disks.append(self._open_disk(definition.name, index, disk, _file_peer(definition, "disks", peer),
@@ -853,10 +837,4 @@ def _check_start_fields(fields: dict[str, Any]) -> None:
             raise invalid(key)
 
 
-class ConfigError(Exception):
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(errors[0] if errors else "invalid configuration")
-        self.errors = errors
-
-
-__all__ = ["Daemon", "ConfigError", "Settings", "Owner"]
+__all__ = ["Daemon", "Owner"]

@@ -94,8 +94,9 @@ def socket_in_use(path: str) -> bool:
 
 def daemon_main(argv: Sequence[str]) -> int:
     from vmd.daemon.conf import check_config, load_definitions, parse_macros
-    from vmd.daemon.core import ConfigError, Daemon, Settings
+    from vmd.daemon.core import Daemon
     from vmd.daemon.registry import VmDefinition
+    from vmd.daemon.settings import ConfigError, Settings
 
     try:
         args = parse_options(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import vmd
-from vmd.vmproc import EXIT_REBOOT, receive_message, send_message
+from vmd.vmchannel import EXIT_REBOOT, receive_message, send_message
 
 log = logging.getLogger("vmd.supervisor")
 

@@ -30,20 +30,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from vmd.acpi_layout import PM_LENGTH, SLP_TYP_S5
 from vmd.devices.base import IrqLine
 
 log = logging.getLogger("vmd.acpi")
-
-PM_BASE = 0x600
-PM_LENGTH = 16  # 0x600-0x60F, of which 12 bytes are registers
-SCI_IRQ = 9
-
-PM1_EVT_OFFSET = 0  # PM1_STS at +0, PM1_EN at +2
-PM1_EVT_LEN = 4
-PM1_CNT_OFFSET = 4
-PM1_CNT_LEN = 2
-PM_TMR_OFFSET = 8
-PM_TMR_LEN = 4
 
 # PM1_STS bits (ACPI 6.4 table 4.16)
 TMR_STS = 1 << 0
@@ -70,8 +60,6 @@ GBL_RLS = 1 << 2  # write-only: would signal the BIOS through an SMI; ignored
 SLP_TYP_SHIFT = 10
 SLP_TYP_MASK = 7 << SLP_TYP_SHIFT
 SLP_EN = 1 << 13  # write-only, reads as 0
-
-SLP_TYP_S5 = 5  # the value the DSDT's \_S5 package gives (vmd.boot.acpi)
 
 PM_TIMER_HZ = 3_579_545  # 4.8.3.3
 PM_TIMER_MASK = 0xFF_FFFF  # 24-bit counter (FADT flag TMR_VAL_EXT clear)

@@ -63,12 +63,6 @@ class PioDevice(Protocol):
     def pio_write(self, offset: int, size: int, value: int) -> None: ...
 
 
-class MmioDevice(Protocol):
-    def mmio_read(self, offset: int, size: int) -> int: ...
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None: ...
-
-
 class BusError(Exception):
     pass
 
@@ -100,9 +94,6 @@ class Bus:
 
     def add_pio(self, start: int, length: int, device: PioDevice) -> None:
         self.add(start, length, device.pio_read, device.pio_write)
-
-    def add_mmio(self, start: int, length: int, device: MmioDevice) -> None:
-        self.add(start, length, device.mmio_read, device.mmio_write)
 
     def remove(self, start: int) -> None:
         index = bisect.bisect_left(self._starts, start)

@@ -136,10 +136,6 @@ class PciDevice:
         target = self.wmask if table is None else table
         target[offset:offset + size] = mask.to_bytes(size, "little")
 
-    def set_writable(self, offset: int, size: int, mask: int) -> None:
-        """Let the guest write the bits of mask in [offset, offset+size)."""
-        self._set_mask(offset, size, mask)
-
     # -- BARs (PCI 3.0, 6.2.5.1) ---------------------------------------------------------------------------
 
     def add_bar(self, index: int, size: int, io: bool = False, mem64: bool = False,

@@ -145,11 +145,6 @@ class Uart16550:
             self._rx_arrived()
             self._update_irq()
 
-    @property
-    def pending_input(self) -> int:
-        """Bytes of host input not yet read by the guest (FIFO plus backlog), for flow control."""
-        return len(self._rx) + len(self._backlog)
-
     # -- guest side ------------------------------------------------------------------------------------
 
     def pio_read(self, offset: int, size: int) -> int:

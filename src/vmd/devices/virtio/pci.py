@@ -19,7 +19,6 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from vmd.devices.base import IrqLine, MsiVector, Platform
 from vmd.devices.pci import CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_INTX_DISABLE, PciDevice
@@ -460,9 +459,3 @@ class VirtioPciTransport(PciDevice):
         for handle in self._doorbells:
             self.platform.remove_doorbell(handle)
         self._doorbells = []
-
-
-def describe(transport: VirtioPciTransport) -> dict[str, Any]:
-    """For logs and tests: the transport's negotiated state."""
-    return {"status": transport.status, "features": transport.negotiated,
-            "queues": [(q.index, q.size, q.ready) for q in transport.queues]}
