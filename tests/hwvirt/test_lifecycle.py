@@ -1,10 +1,6 @@
 """A Linux guest's life under vmd: 2 vCPUs, the console detached and re-attached, pause and
-unpause with the guest's clock right afterwards, a reboot from inside on the same tty, and `vmctl stop`; and a
-guest with 4 vCPUs, all online, and 6 GiB, all there.
-
-Only the one short boot has 4 vCPUs: in the emulated test host, 4 nested vCPUs on its 2 make its own kernel
-fail now and then (a stack overflow in exception entry right after VMRUN, under vmd and QEMU alike), and a
-4-vCPU guest restarted there has stalled in RCU."""
+unpause with the guest's clock right afterwards, a reboot from inside on the same tty, and `vmctl stop`.
+(The 4-vCPU guest is test_smp.py's.)"""
 
 from __future__ import annotations
 
@@ -34,14 +30,6 @@ vm "life" {{
     initrd "{kit_file('initrd.img')}"
     append "{kit_cmdline()}"
 }}
-vm "smp" {{
-    disable
-    memory 6G
-    vcpus 4
-    boot "{kit_file('vmlinuz')}"
-    initrd "{kit_file('initrd.img')}"
-    append "{kit_cmdline()}"
-}}
 """)
     yield daemon
     daemon.close()
@@ -51,22 +39,10 @@ vm "smp" {{
 def life(vmd: Vmd) -> Iterator[Console]:
     vmd.must("start", "life")
     console = vmd.console("life")
-    console.expect(r"vmd guest kit: ready", timeout=400)
+    console.expect(r"vmd guest kit: ready", timeout=300)
     console.wait_shell(timeout=60)
     yield console
     console.close()
-
-
-def test_four_vcpus_are_all_online_and_6_gib_all_there(vmd: Vmd) -> None:
-    vmd.must("start", "smp")
-    with vmd.console("smp") as smp:
-        smp.expect(r"vmd guest kit: ready", timeout=400)
-        smp.wait_shell(timeout=60)
-        assert smp.must("nproc").strip() == "4"
-        assert smp.must("cat /sys/devices/system/cpu/online").strip() == "0-3"
-        kib = int(re.search(r"MemTotal:\s+(\d+) kB", smp.must("cat /proc/meminfo")).group(1))  # type: ignore[union-attr]
-        assert 5.6 * 2**20 < kib <= 6 * 2**20, kib  # 6 GiB, less what the kernel keeps for itself
-    vmd.must("stop", "-f", "-w", "smp")
 
 
 def test_every_cpu_is_online(life: Console) -> None:

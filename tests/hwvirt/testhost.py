@@ -40,7 +40,7 @@ BUSYBOX = "/bin/busybox"
 DEFAULT_MEMORY = "10G"
 BOOT_TIMEOUT = 180.0  # seconds to the agent's greeting; ~10 s on an idle 2-core machine
 MAX_LINE = 16 << 20  # one agent message; output comes in chunks far below this
-IDLE_TIMEOUT = 180.0  # seconds without a message (the agent beats every 20 s) before the host counts as hung
+IDLE_TIMEOUT = 120.0  # seconds without a message (the agent beats every 20 s) before the host counts as hung
 
 
 class TestHostError(Exception):

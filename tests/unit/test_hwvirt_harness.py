@@ -96,6 +96,9 @@ class _LocalTestHost:
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def console_tail(self, lines: int = 30) -> str:
+        return "[  1.0] kvm: the console of a stand-in test host"
+
     def run(self, argv: list[str], timeout: float, on_output: object, on_report: object) -> object:
         import subprocess
         import sys
@@ -145,3 +148,80 @@ def test_last():
     result.stdout.fnmatch_lines(["*test host 1 failed (the test host's kernel failed*); test_crash runs again*",
                                  "*SKIPPED*the emulated host cannot do that*"])
     assert _LocalTestHost.boots == 2
+
+
+def test_a_failed_test_gets_a_second_try_in_a_fresh_host_and_only_its_outcome_there_counts(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
+    monkeypatch.setattr(_LocalTestHost, "boots", 0)
+    pytester.makepyfile("""
+import os
+import pytest
+
+@pytest.mark.hwvirt
+def test_flaky():
+    if not os.path.exists("tried"):
+        open("tried", "w").close()
+        assert False, "the guest never printed a line"
+
+@pytest.mark.hwvirt
+def test_broken():
+    assert 6 * 7 == 41, "arithmetic is off"
+
+@pytest.mark.hwvirt
+def test_fine():
+    pass
+""")
+    result = pytester.runpytest_inprocess("-p", "tests.hwvirt.plugin", "--hwvirt=testhost", "-p",
+                                          "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*2 tests failed in test host 1; each gets a second try in a fresh one*",
+        "*test_flaky failed in test host 1 and passed in test host 2; its first failure: AssertionError: the guest"
+        " never printed a line*",
+        "*AssertionError: arithmetic is off*", "*FAILED*test_broken*"])
+    assert _LocalTestHost.boots == 2
+
+
+def test_no_second_try_when_the_budget_cannot_hold_it(pytester: pytest.Pytester,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
+    monkeypatch.setattr(_LocalTestHost, "boots", 0)
+    monkeypatch.setattr(plugin, "BUDGET", 200.0)  # less than the failed test's time and the margin
+    pytester.makepyfile("""
+import time
+import pytest
+
+@pytest.mark.hwvirt
+def test_slow_and_failing():
+    time.sleep(0.2)
+    assert False, "first and final"
+""")
+    monkeypatch.setattr(plugin._Relay, "retry_seconds", lambda self: 150.0)
+    result = pytester.runpytest_inprocess("-p", "tests.hwvirt.plugin", "--hwvirt=testhost", "-p",
+                                          "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no time left to give 1 failed tests a second try*",
+                                 "*AssertionError: first and final*", "*FAILED*test_slow_and_failing*"])
+    assert _LocalTestHost.boots == 1
+
+
+def test_tests_marked_hwvirt_last_run_after_the_others(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="""
+import pytest
+
+pytestmark = [pytest.mark.hwvirt, pytest.mark.hwvirt_last]
+
+def test_upsets_the_host():
+    pass
+""", test_b="""
+import pytest
+
+@pytest.mark.hwvirt
+def test_ordinary():
+    pass
+""")
+    result = pytester.runpytest_inprocess("-p", "tests.hwvirt.plugin", "--hwvirt=here", "-p", "no:cacheprovider",
+                                          "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_b.py::test_ordinary PASSED*", "*test_a.py::test_upsets_the_host PASSED*"])
