@@ -324,7 +324,18 @@ def test_memory_rounding_and_numbers() -> None:
     res = ok('vm "a" {\n boot /k\n memory 1.5G\n}\nvm "b" {\n boot /k\n memory 1048577\n}\n')
     a, b = res.config.vms  # type: ignore[union-attr]
     assert a.memory == 1536 << 20 and b.memory == 1 << 20
-    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 1M"]
+    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 1.0M"]  # fmt_scaled: 1.0M below 100M
+
+
+def test_memory_is_read_as_vmctl_reads_it() -> None:
+    """vm.conf and vmctl share parse_size and scan_scaled: a unit may be followed by punctuation, an empty
+    size is 0 (too small), and fmt_scaled writes one decimal below 100 of a unit."""
+    res = ok('vm "a" {\n boot /k\n memory "4G!"\n}\nvm "b" {\n boot /k\n memory 16445440\n}\n')
+    a, b = res.config.vms  # type: ignore[union-attr]
+    assert a.memory == 4 << 30 and b.memory == 15 << 20
+    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 15.0M"]
+    assert errors('vm "a" {\n boot /k\n memory ""\n}\n') == [
+        "vm.conf:3: failed to parse size: : memory size must be at least 1MB"]
 
 
 def test_interfaces_minimum() -> None:

@@ -71,16 +71,13 @@ from typing import NoReturn, Protocol
 from vmd.config import lexer as lx
 from vmd.config.instance import InstanceError, check_vm_name, make_instance
 from vmd.config.lexer import Lexer, Macro, Token
-from vmd.config.sizes import fmt_scaled, scan_scaled
 from vmd.config.spec import (
     BOOT_DEVICES,
     CPU_TEMPLATES,
     IFNAME_MAX,
     MAX_DISKS,
-    MAX_MEMORY,
     MAX_NICS,
     MAX_VCPUS,
-    MIN_MEMORY,
     NAME_MAX,
     QCOW2_MAGIC,
     RDOMAIN_MAX,
@@ -93,6 +90,7 @@ from vmd.config.spec import (
     SwitchSpec,
     VmSpec,
 )
+from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
 MAX_INCLUDE_DEPTH = 32
@@ -827,32 +825,30 @@ class Parser:
     def memory(self, tok: Token, vm: VmSpec) -> None:
         """memory NUMBER (bytes) | memory STRING (scan_scaled); parse.y parse_size()."""
         arg = self.peek()
+        scanned: str | int
         if arg.kind == lx.NUMBER:
             self.advance()
-            word, value = arg.text, arg.number
+            word, scanned = arg.text, arg.number
         elif arg.kind == lx.STRING:
             self.advance()
-            word = arg.value
-            if vm.memory is None:
-                try:
-                    value = scan_scaled(word)
-                except ValueError:
-                    self.error(tok, f"failed to parse size: {word}: invalid memory size")
-                    return
+            word = scanned = arg.value
         else:
             self.fail(arg)
         if vm.memory is not None:
             self.error(tok, "memory specified more than once")
             return
-        if value < MIN_MEMORY:
+        try:
+            size, rounded = parse_size(scanned)
+        except ScaledError:
+            self.error(tok, f"failed to parse size: {word}: invalid memory size")
+            return
+        except SizeTooSmall:
             self.error(tok, f"failed to parse size: {word}: memory size must be at least 1MB")
             return
-        if value > MAX_MEMORY:
-            self.error(tok, f"failed to parse size: {word}: memory size too large (limit is "
-                            f"{fmt_scaled(MAX_MEMORY)})")
+        except SizeTooLarge as e:
+            self.error(tok, f"failed to parse size: {word}: memory size too large (limit is {fmt_scaled(e.limit)})")
             return
-        size = value & ~((1 << 20) - 1)  # round down to the megabyte
-        if size != value:
+        if rounded:
             self.warn(tok, f"memory size rounded to {fmt_scaled(size)}")
         vm.memory = size
 
