@@ -37,6 +37,7 @@ from vmd.guest_debug import GuestDebug
 from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
+from vmd.limits import VMM_MAX_VCPUS_PER_VM
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
 from vmd.platform import KvmIrqLine, MachinePlatform, start_pit
 from vmd.vcpu_loop import RunLoop, best_run_loop
@@ -49,7 +50,6 @@ DEBUG_EXIT_PORT = 0xF4
 FW_CFG_PORT = 0x510
 PCI_CONFIG_PORT = 0xCF8
 PCI_INTX_IRQS = (10, 11, 5, 7)  # ISA IRQs free on our platform, for PCI INTA# of each slot in turn
-MAX_VCPUS = 64
 
 # MSRs set at boot (SDM vol. 4)
 MSR_IA32_MISC_ENABLE = 0x1A0
@@ -183,8 +183,8 @@ class Machine:
         self._resume = threading.Condition()
         self.run_loop_name, self._run_loop = ("custom", run_loop) if run_loop else best_run_loop()
         check_template(spec.cpu)
-        if not 1 <= spec.vcpus <= MAX_VCPUS:
-            raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {MAX_VCPUS}")
+        if not 1 <= spec.vcpus <= VMM_MAX_VCPUS_PER_VM:
+            raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {VMM_MAX_VCPUS_PER_VM}")
         self.memory: GuestMemory | None = None
         self.scheduler: ThreadScheduler | None = None
         self.debug: GuestDebug | None = None

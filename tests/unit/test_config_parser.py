@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vmd.config import MappingResolver, ParseResult, parse_config, parse_string
-from vmd.config.spec import DEFAULT_LOCAL_PREFIX, QCOW2_MAGIC
+from vmd.config.spec import DEFAULT_LOCAL_PREFIX
+from vmd.limits import VM_MAGIC_QCOW
 
 RESOLVER = MappingResolver(users={"joe": 1000, "root": 0}, groups={"staff": 20, "vmusers": 30, "wheel": 0})
 
@@ -487,7 +488,7 @@ def test_check_paths(tmp_path: Path) -> None:
     raw = tmp_path / "raw.img"
     raw.write_bytes(b"\0" * 512)
     qcow = tmp_path / "disk.qcow2"
-    qcow.write_bytes(QCOW2_MAGIC + b"\0\0\0\3")
+    qcow.write_bytes(VM_MAGIC_QCOW + b"\0\0\0\3")
     conf = tmp_path / "vm.conf"
     conf.write_text('vm "a" {\n disk raw.img\n disk "disk.qcow2"\n disk raw.img format qcow2\n}\n')
     res = parse_config(str(conf), resolver=RESOLVER)

@@ -74,12 +74,6 @@ from vmd.config.lexer import Lexer, Macro, Token
 from vmd.config.spec import (
     BOOT_DEVICES,
     CPU_TEMPLATES,
-    IFNAME_MAX,
-    MAX_DISKS,
-    MAX_NICS,
-    MAX_VCPUS,
-    NAME_MAX,
-    QCOW2_MAGIC,
     RDOMAIN_MAX,
     AllowInstance,
     Config,
@@ -89,6 +83,14 @@ from vmd.config.spec import (
     ParseResult,
     SwitchSpec,
     VmSpec,
+)
+from vmd.limits import (
+    IFNAME_MAX,
+    VM_MAGIC_QCOW,
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
 )
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
@@ -214,10 +216,10 @@ def detect_disk_format(path: str) -> str:
     """parse.y parse_disk(): qcow2 if the file starts with the qcow magic, raw otherwise (or unreadable)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(len(QCOW2_MAGIC))
+            head = f.read(len(VM_MAGIC_QCOW))
     except OSError:
         return "raw"
-    return "qcow2" if head == QCOW2_MAGIC else "raw"
+    return "qcow2" if head == VM_MAGIC_QCOW else "raw"
 
 
 class Parser:
@@ -604,7 +606,7 @@ class Parser:
         kw = self.advance()
         sw = SwitchSpec(name=self.string(), file=kw.file, line=kw.line)
         self.block(lambda: self.switch_option(sw))
-        if len(sw.name.encode()) > NAME_MAX:
+        if len(sw.name.encode()) > VM_NAME_MAX:
             self.error(kw, f"switch name too long: {sw.name}")
             return
         if sw.interface is None:
@@ -660,10 +662,10 @@ class Parser:
         vm = VmSpec(name=name, instance_of=parent_name, file=kw.file, line=kw.line)
         errors_before = len(self.errors)
         self.block(lambda: self.vm_option(vm))
-        if parent_name is not None and len(parent_name.encode()) > NAME_MAX:
+        if parent_name is not None and len(parent_name.encode()) > VM_NAME_MAX:
             self.error(kw, f"vm {parent_name} name too long")
             return
-        if len(name.encode()) > NAME_MAX:
+        if len(name.encode()) > VM_NAME_MAX:
             self.error(kw, "vm name too long")
             return
         if len(self.errors) != errors_before:
@@ -758,7 +760,7 @@ class Parser:
             count = self.number()
             if vm.nic_count is not None:
                 self.error(tok, "interfaces specified more than once")
-            elif not 0 <= count <= MAX_NICS:
+            elif not 0 <= count <= VM_MAX_NICS_PER_VM:
                 self.error(tok, f"too many interfaces: {count}")
             else:
                 vm.nic_count = count
@@ -795,8 +797,8 @@ class Parser:
             count = self.number()
             if vm.vcpus is not None:
                 self.error(tok, "vcpus specified more than once")
-            elif not 1 <= count <= MAX_VCPUS:
-                self.error(tok, f"invalid number of vcpus: {count} (1 to {MAX_VCPUS})")
+            elif not 1 <= count <= VMM_MAX_VCPUS_PER_VM:
+                self.error(tok, f"invalid number of vcpus: {count} (1 to {VMM_MAX_VCPUS_PER_VM})")
             else:
                 vm.vcpus = count
         elif word == "cpu":
@@ -863,7 +865,7 @@ class Parser:
                 self.error(tok, f"unrecognized disk format {name}")
                 return
             fmt = name.lower()
-        if len(vm.disks) >= MAX_DISKS:
+        if len(vm.disks) >= VM_MAX_DISKS_PER_VM:
             self.error(tok, f"failed to parse disks: {word}: too many disks")
             return
         path = self.existing_path(tok, word, "failed to parse disks")
@@ -893,7 +895,7 @@ class Parser:
                     self.iface_option(iface)
                     continue
                 break
-        if len(vm.interfaces) + 1 > MAX_NICS:
+        if len(vm.interfaces) + 1 > VM_MAX_NICS_PER_VM:
             self.error(tok, f"too many interfaces: {len(vm.interfaces) + 1}")
             return
         if name is not None:
@@ -911,7 +913,7 @@ class Parser:
         word = tok.value if tok.kind == lx.KEYWORD else ""
         if word == "switch":
             name = self.string()
-            if len(name.encode()) > NAME_MAX:
+            if len(name.encode()) > VM_NAME_MAX:
                 self.error(tok, f"switch name too long: {name}")
             else:
                 iface.switch = name

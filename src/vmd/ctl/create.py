@@ -18,10 +18,10 @@ from typing import TextIO
 
 from vmd import disk
 from vmd.ctl.client import CtlError
+from vmd.limits import VM_MAGIC_QCOW
 
 RAW = "raw"
 QCOW2 = "qcow2"
-QCOW2_MAGIC = b"QFI\xfb"  # VM_MAGIC_QCOW
 MB = 1024 * 1024
 CHUNK = 64 * 1024  # ctl_convert's buffer size
 
@@ -34,7 +34,7 @@ def parse_disktype(spec: str) -> tuple[str, str]:
             return fmt, spec[len(fmt) + 1 :]
     try:
         with open(spec, "rb") as f:
-            if f.read(len(QCOW2_MAGIC)) == QCOW2_MAGIC:
+            if f.read(len(VM_MAGIC_QCOW)) == VM_MAGIC_QCOW:
                 return QCOW2, spec
     except OSError:
         pass

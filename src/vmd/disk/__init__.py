@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 
 from vmd.disk.image import DiskError, DiskImage, Opener, default_opener, lock_fd
-from vmd.disk.qcow2 import MAGIC, Qcow2Image, create_qcow2
+from vmd.disk.qcow2 import Qcow2Image, create_qcow2
 from vmd.disk.raw import RawImage, create_raw
+from vmd.limits import VM_MAGIC_QCOW
 
 __all__ = [
     "MAX_FILES_PER_DISK",
@@ -43,7 +44,7 @@ MAX_FILES_PER_DISK = 4  # vmd.h VM_MAX_BASE_PER_DISK: the top image and up to th
 
 def detect_format(fd: int) -> str:
     """qcow2 if the file starts with the qcow2 magic, else raw."""
-    return QCOW2 if os.pread(fd, len(MAGIC), 0) == MAGIC else RAW
+    return QCOW2 if os.pread(fd, len(VM_MAGIC_QCOW), 0) == VM_MAGIC_QCOW else RAW
 
 
 def open_image(

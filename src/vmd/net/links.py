@@ -39,12 +39,12 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vmd.limits import IFNAME_MAX
 from vmd.net.errors import NetError
 
 log = logging.getLogger("vmd.net")
 
 GROUP_FILE = "/etc/iproute2/group"
-GROUP_MAX = 15  # priv_validgroup(): strlen(name) < IF_NAMESIZE
 ALIAS_MAX = 63  # vmd's description buffer is VM_NAME_MAX (64) bytes including the NUL
 GROUP_NUMBER_MAX = 0xFFFFFFFF  # IFLA_GROUP is a u32
 
@@ -102,7 +102,7 @@ def host_side_mac(guest_mac: str) -> str:
 
 def validate_group(name: str) -> None:
     """vm.conf(5) / priv_validgroup(): under 16 characters, not ending in a digit."""
-    if not name or len(name.encode()) > GROUP_MAX or name[-1].isdigit():
+    if not name or len(name.encode()) > IFNAME_MAX or name[-1].isdigit():  # priv_validgroup(): < IF_NAMESIZE
         raise LinkError(f"invalid group name: {name}")
     if any(c.isspace() for c in name) or "#" in name:
         raise LinkError(f"invalid group name: {name}")
