@@ -90,6 +90,17 @@ def test_no_second_copy_of_the_qcow_magic_or_the_name_pattern() -> None:
     assert copies == []
 
 
+def test_one_qcow2_detection() -> None:
+    """Only the disk layer reads VM_MAGIC_QCOW: vm.conf and vmctl ask vmd.disk.file_format."""
+    users = set()
+    for path in _sources():
+        for node in ast.walk(_tree(path)):
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            if (isinstance(node, ast.Name) and node.id == "VM_MAGIC_QCOW") or "VM_MAGIC_QCOW" in names:
+                users.add(path.relative_to(SRC).as_posix())
+    assert users == {"limits.py", "disk/__init__.py", "disk/qcow2.py"}
+
+
 @pytest.mark.parametrize("module, allowed", [
     (LIMITS, set()),
     (SRC / "sizes.py", {"vmd.limits"}),

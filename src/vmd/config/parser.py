@@ -84,14 +84,8 @@ from vmd.config.spec import (
     SwitchSpec,
     VmSpec,
 )
-from vmd.limits import (
-    IFNAME_MAX,
-    VM_MAGIC_QCOW,
-    VM_MAX_DISKS_PER_VM,
-    VM_MAX_NICS_PER_VM,
-    VM_NAME_MAX,
-    VMM_MAX_VCPUS_PER_VM,
-)
+from vmd.disk import file_format
+from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
@@ -210,16 +204,6 @@ def parse_prefix6(text: str) -> tuple[ipaddress.IPv6Network | None, str]:
         return ipaddress.IPv6Network((address, mask)), ""
     except ValueError:
         return None, "bad mask"
-
-
-def detect_disk_format(path: str) -> str:
-    """parse.y parse_disk(): qcow2 if the file starts with the qcow magic, raw otherwise (or unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(VM_MAGIC_QCOW))
-    except OSError:
-        return "raw"
-    return "qcow2" if head == VM_MAGIC_QCOW else "raw"
 
 
 class Parser:
@@ -874,7 +858,8 @@ class Parser:
         if len(path) > PATH_MAX:
             self.error(tok, f"failed to parse disks: {word}: disk path too long")
             return
-        vm.disks.append(DiskSpec(path=path, format=fmt or detect_disk_format(path)))
+        # parse.y parse_disk(): without `format`, qcow2 if the file starts with the qcow magic, else raw
+        vm.disks.append(DiskSpec(path=path, format=fmt or file_format(path)))
 
     def interface(self, tok: Token, vm: VmSpec, local: bool) -> None:
         """[local] interface [name] [{ opts } | opts] (parse.y vm_opts, iface_opts_o)."""

@@ -18,7 +18,6 @@ from typing import TextIO
 
 from vmd import disk
 from vmd.ctl.client import CtlError
-from vmd.limits import VM_MAGIC_QCOW
 
 RAW = "raw"
 QCOW2 = "qcow2"
@@ -32,12 +31,8 @@ def parse_disktype(spec: str) -> tuple[str, str]:
     for fmt in (RAW, QCOW2):
         if spec.startswith(fmt + ":"):
             return fmt, spec[len(fmt) + 1 :]
-    try:
-        with open(spec, "rb") as f:
-            if f.read(len(VM_MAGIC_QCOW)) == VM_MAGIC_QCOW:
-                return QCOW2, spec
-    except OSError:
-        pass
+    if disk.file_format(spec) == QCOW2:
+        return QCOW2, spec
     dot = spec.rfind(".")
     if dot >= 0 and dot + 1 < len(spec):
         ext = spec[dot + 1 :].lower()

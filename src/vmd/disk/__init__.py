@@ -33,6 +33,7 @@ __all__ = [
     "RawImage",
     "create_image",
     "detect_format",
+    "file_format",
     "open_image",
 ]
 
@@ -42,9 +43,23 @@ FORMATS = (RAW, QCOW2)
 MAX_FILES_PER_DISK = 4  # vmd.h VM_MAX_BASE_PER_DISK: the top image and up to three bases
 
 
+def _format_of(head: bytes) -> str:
+    """The one qcow2 detection (vmd's parse_disk, vmctl's parse_disktype): the VM_MAGIC_QCOW bytes first."""
+    return QCOW2 if head[: len(VM_MAGIC_QCOW)] == VM_MAGIC_QCOW else RAW
+
+
 def detect_format(fd: int) -> str:
     """qcow2 if the file starts with the qcow2 magic, else raw."""
-    return QCOW2 if os.pread(fd, len(VM_MAGIC_QCOW), 0) == VM_MAGIC_QCOW else RAW
+    return _format_of(os.pread(fd, len(VM_MAGIC_QCOW), 0))
+
+
+def file_format(path: str) -> str:
+    """detect_format() by name: qcow2 if the file can be read and starts with the magic, else raw."""
+    try:
+        with open(path, "rb") as f:
+            return _format_of(f.read(len(VM_MAGIC_QCOW)))
+    except OSError:
+        return RAW
 
 
 def open_image(
