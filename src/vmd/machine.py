@@ -31,6 +31,7 @@ from vmd.devices.virtio.rng import VirtioRng
 from vmd.devices.virtio.scsi import VirtioScsiCdrom
 from vmd.devices.vmmci import VMMCI_REBOOT, Vmmci
 from vmd.disk import DiskError, DiskImage, open_image
+from vmd.ether import parse_mac
 from vmd.eventloop import EventLoop
 from vmd.gdb_x86 import image_bits, layout_for
 from vmd.guest_debug import GuestDebug
@@ -218,7 +219,7 @@ class Machine:
         kernel = spec.kernel or default_firmware()
         self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
             cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device,
-            boot_mac=bytes.fromhex(spec.nics[0].mac.replace(":", "")) if spec.nics else None,
+            boot_mac=parse_mac(spec.nics[0].mac) if spec.nics else None,
             acpi=True))
         if self.plan.firmware is not None:
             rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
@@ -314,7 +315,7 @@ class Machine:
         from vmd.net.dhcp import DhcpResponder
         from vmd.net.tap import set_offload
 
-        mac = bytes.fromhex(nic.mac.replace(":", ""))
+        mac = parse_mac(nic.mac)
         responder = None
         if nic.dhcp is not None:
             d = nic.dhcp

@@ -26,6 +26,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "vmd"
 LIMITS = SRC / "limits.py"
 HOMES = {  # module -> the functions only it may define
     SRC / "sizes.py": {"fmt_scaled", "scan_scaled", "parse_size"},
+    SRC / "ether.py": {"parse_mac", "format_mac"},
     SRC / "ctl" / "strtonum.py": {"strtonum"},
 }
 # the names the limits had before they moved here, which must not come back as second copies
@@ -103,6 +104,7 @@ def test_one_qcow2_detection() -> None:
 
 @pytest.mark.parametrize("module, allowed", [
     (LIMITS, set()),
+    (SRC / "ether.py", set()),
     (SRC / "sizes.py", {"vmd.limits"}),
 ])
 def test_bottom_modules_import_nothing_above_them(module: Path, allowed: set[str]) -> None:

@@ -85,6 +85,7 @@ from vmd.config.spec import (
     VmSpec,
 )
 from vmd.disk import file_format
+from vmd.ether import format_mac, parse_mac
 from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
@@ -93,7 +94,6 @@ MAX_INCLUDE_DEPTH = 32
 UID_MAX = 0xFFFFFFFE  # (uid_t)-1 is "no user"
 INSTANCE_FLAGS = frozenset({"boot", "memory", "interface", "disk", "cdrom", "instance"})
 IFACE_OPTIONS = frozenset({"switch", "group", "locked", "lladdr", "rdomain", "up", "down"})
-_MAC = re.compile(r"[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){5}")  # ether_aton(3)
 
 
 class AccountResolver(Protocol):
@@ -150,13 +150,6 @@ def valid_ifname(name: str) -> bool:
 def valid_group(name: str) -> bool:
     """priv.c priv_validgroup(): shorter than IF_NAMESIZE and not ending in a digit."""
     return 0 < len(name) <= IFNAME_MAX and not name[-1].isdigit()
-
-
-def parse_mac(text: str) -> str | None:
-    """ether_aton(3): six 1-2 digit hex groups; returns lower-case xx:xx:xx:xx:xx:xx or None."""
-    if not _MAC.fullmatch(text):
-        return None
-    return ":".join(f"{int(part, 16):02x}" for part in text.split(":"))
 
 
 def parse_prefix4(text: str) -> tuple[ipaddress.IPv4Network | None, str]:
@@ -914,11 +907,10 @@ class Parser:
                 iface.locked = True
             if self.peek().kind == lx.STRING:
                 text = self.advance().value
-                mac = parse_mac(text)
-                if mac is None:
+                try:
+                    iface.lladdr = format_mac(parse_mac(text))  # kept as lower-case xx:xx:xx:xx:xx:xx
+                except ValueError:
                     self.error(tok, f"invalid address: {text}")
-                else:
-                    iface.lladdr = mac
         elif word == "rdomain":
             value = self.number()
             if not 0 <= value <= RDOMAIN_MAX:

@@ -31,7 +31,6 @@ import ipaddress
 import logging
 import os
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vmd.ether import format_mac, parse_mac
 from vmd.limits import IFNAME_MAX
 from vmd.net.errors import NetError
 
@@ -48,25 +48,12 @@ GROUP_FILE = "/etc/iproute2/group"
 ALIAS_MAX = 63  # vmd's description buffer is VM_NAME_MAX (64) bytes including the NUL
 GROUP_NUMBER_MAX = 0xFFFFFFFF  # IFLA_GROUP is a u32
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
 
 class LinkError(NetError):
     """A one-line reason the network configuration failed."""
 
 
-# --- MAC addresses ---------------------------------------------------------------------------------------
-
-
-def parse_mac(mac: str) -> bytes:
-    text = mac.strip().lower()
-    if not _MAC_RE.match(text):
-        raise LinkError(f"invalid lladdr {mac}")
-    return bytes(int(x, 16) for x in text.split(":"))
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
+# --- MAC addresses (parsed and written by vmd.ether) --------------------------------------------------------
 
 
 def random_guest_mac(index: int, rng: random.Random | None = None) -> str:
