@@ -28,7 +28,7 @@ Linux:
   says "must start with a letter", the code takes a digit too); at most 63 bytes (VMM_MAX_NAME_LEN is 64
   with the NUL). A bad name is `vm "NAME" failed: invalid VM name`.
 * Memory: at least 1M and at most 128G (VMM_MAX_VM_MEM_SIZE, also our guest memory limit), rounded down to
-  a whole megabyte with a warning.
+  a whole megabyte with a warning: vmd.sizes.parse_size, the rule vmctl start -m and vmd run -m share.
 
 Friendlier than parse.y (the config files that vmd accepts mean the same here):
 * Error recovery skips the rest of the bad line (or the rest of a bad `{ ... }` block) and goes on in the
