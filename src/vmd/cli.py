@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,17 +12,22 @@ from collections.abc import Sequence
 from vmd.console import MODES, Console, ConsoleError
 from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES
 from vmd.gdbstub import GdbServer, ListenAddress, ListenError, open_listener, parse_listen_address
-from vmd.machine import MAX_VCPUS, DiskSpec, Machine, MachineError, MachineSpec, Outcome
-from vmd.memory import MAX_MEMORY, MIN_MEMORY, parse_size
+from vmd.limits import (
+    SIZE_MIN,
+    VM_DEFAULT_MEMORY,
+    VM_MAX_DISKS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
+    VMM_MAX_VM_MEM_SIZE,
+    valid_vm_name,
+)
+from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, Outcome
+from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-NAME_MAX = 63  # VMM_MAX_NAME_LEN is 64 with the terminating NUL
-DEFAULT_MEMORY = "512M"  # vmd's VM_DEFAULT_MEMORY
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 RESTART_LIMIT = 3  # reboots in a row, each within RESTART_WINDOW seconds, before vmd gives up (as vmd.c)
 RESTART_WINDOW = 6.0
-MAX_DISKS = 4  # VM_MAX_DISKS_PER_VM
 
 
 class UsageError(Exception):
@@ -37,8 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _run_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmd run", description="Run one VM in the foreground.")
-    parser.add_argument("-m", dest="memory", default=DEFAULT_MEMORY, metavar="size",
-                        help="guest memory, e.g. 64M or 2G (default 512M)")
+    default_memory = fmt_scaled(VM_DEFAULT_MEMORY)
+    parser.add_argument("-m", dest="memory", default=default_memory, metavar="size",
+                        help=f"guest memory, e.g. 64M or 2G, as vmctl start -m reads it (default {default_memory})")
     parser.add_argument("-b", dest="kernel", metavar="path",
                         help="kernel (ELF, bzImage, multiboot, PVH, gzip'd) or BIOS image; default SeaBIOS")
     parser.add_argument("--initrd", metavar="path", help="initial ramdisk / boot module")
@@ -51,7 +56,7 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="an option ROM for the BIOS (fw_cfg genroms/), like QEMU's -option-rom")
     parser.add_argument("-d", dest="disks", action="append", default=[], metavar="disk",
                         help="a disk image for virtio-blk (raw or qcow2; 'raw:' or 'qcow2:' prefix to force); "
-                             "repeat for more, at most 4")
+                             f"repeat for more, at most {VM_MAX_DISKS_PER_VM}")
     parser.add_argument("--read-only", dest="read_only", action="append", default=[], metavar="disk",
                         help="a disk image attached read-only")
     parser.add_argument("-r", dest="cdrom", metavar="path", help="an ISO image on the virtio-scsi CD-ROM")
@@ -66,35 +71,35 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def check_name(name: str) -> str:
-    if len(name) > NAME_MAX:
-        raise UsageError(f"{name}: name too long (maximum {NAME_MAX} characters)")
-    if not NAME_PATTERN.fullmatch(name):
+    if len(name.encode()) > VM_NAME_MAX:
+        raise UsageError(f"{name}: name too long (maximum {VM_NAME_MAX} characters)")
+    if not valid_vm_name(name):
         raise UsageError(f"{name}: invalid VM name (use letters, digits, '.', '-' and '_')")
     return name
 
 
 def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
     name = check_name(args.name)
-    try:
-        memory = parse_size(args.memory)
-    except ValueError:
+    try:  # the size rule of vmctl start -m and vm.conf (parse_size), with our messages
+        memory, rounded = parse_size(args.memory)
+    except ScaledError:
         raise UsageError(f"{args.memory}: invalid memory size") from None
-    if memory < MIN_MEMORY:
-        raise UsageError(f"{args.memory}: memory size too small (minimum {MIN_MEMORY >> 20}M)")
-    if memory > MAX_MEMORY:
-        raise UsageError(f"{args.memory}: memory size too large (maximum {MAX_MEMORY >> 30}G)")
-    if memory % 4096:
-        raise UsageError(f"{args.memory}: memory size must be a multiple of 4K")
+    except SizeTooSmall:
+        raise UsageError(f"{args.memory}: memory size too small (minimum {SIZE_MIN >> 20}M)") from None
+    except SizeTooLarge:
+        raise UsageError(f"{args.memory}: memory size too large (maximum {VMM_MAX_VM_MEM_SIZE >> 30}G)") from None
+    if rounded:
+        print(f"vmd: {args.memory}: memory size rounded to {fmt_scaled(memory)}", file=sys.stderr)
     if args.cpu not in TEMPLATES:
         raise UsageError(f"{args.cpu}: unknown CPU template (choose {' or '.join(TEMPLATES)})")
-    if not 1 <= args.vcpus <= MAX_VCPUS:
-        raise UsageError(f"{args.vcpus}: invalid number of vCPUs (1 to {MAX_VCPUS})")
+    if not 1 <= args.vcpus <= VMM_MAX_VCPUS_PER_VM:
+        raise UsageError(f"{args.vcpus}: invalid number of vCPUs (1 to {VMM_MAX_VCPUS_PER_VM})")
     if args.console not in MODES:
         raise UsageError(f"{args.console}: unknown console (choose stdio or pty)")
     disks = [_disk_argument(text, read_only=False) for text in args.disks]
     disks += [_disk_argument(text, read_only=True) for text in args.read_only]
-    if len(disks) > MAX_DISKS:
-        raise UsageError(f"too many disks (at most {MAX_DISKS})")
+    if len(disks) > VM_MAX_DISKS_PER_VM:
+        raise UsageError(f"too many disks (at most {VM_MAX_DISKS_PER_VM})")
     cdrom = DiskSpec(os.path.abspath(args.cdrom), "raw", read_only=True) if args.cdrom else None
     for path in [p for p in (args.kernel, args.initrd, args.cdrom, *args.option_rom, *(d.path for d in disks)) if p]:
         if not os.path.exists(path):

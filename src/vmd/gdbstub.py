@@ -25,7 +25,7 @@ from typing import Protocol
 log = logging.getLogger("vmd.gdb")
 
 MAX_PACKET = 0x4000  # the largest packet we take (qSupported PacketSize), payload bytes between $ and #
-MAX_MEMORY = (MAX_PACKET - 32) // 2  # the most bytes one m reply carries (hex: two characters a byte)
+MAX_MEMORY_READ = (MAX_PACKET - 32) // 2  # the most bytes one m reply carries (hex: two characters a byte)
 MAX_RETRANSMITS = 3
 SIGINT = 2
 SIGTRAP = 5
@@ -327,7 +327,7 @@ class RspSession:
             return b"OK"
         if command == b"m":
             address, length = self._address_length(packet[1:])
-            data = self.target.read_memory(self._thread(self.thread_g), address, min(length, MAX_MEMORY))
+            data = self.target.read_memory(self._thread(self.thread_g), address, min(length, MAX_MEMORY_READ))
             return data.hex().encode()
         if command in (b"M", b"X"):
             header, sep, data = packet[1:].partition(b":")
@@ -422,7 +422,7 @@ class RspSession:
         if data is None:
             return b"E00"
         offset, length = self._address_length(parts[3])
-        chunk = data[offset : offset + min(length, MAX_MEMORY)]
+        chunk = data[offset : offset + min(length, MAX_MEMORY_READ)]
         more = offset + len(chunk) < len(data)
         return (b"m" if more else b"l") + escape_binary(chunk)
 

@@ -39,12 +39,14 @@ from vmd.devices.virtio.rng import VirtioRng
 from vmd.devices.virtio.scsi import VirtioScsiCdrom
 from vmd.devices.vmmci import VMMCI_REBOOT, Vmmci
 from vmd.disk import DiskError, DiskImage, open_image
+from vmd.ether import parse_mac
 from vmd.eventloop import EventLoop
 from vmd.gdb_x86 import image_bits, layout_for
 from vmd.guest_debug import GuestDebug
 from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
+from vmd.limits import VMM_MAX_VCPUS_PER_VM
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
 from vmd.platform import KvmIrqLine, MachinePlatform, start_pit
 from vmd.vcpu_loop import RunLoop, best_run_loop
@@ -57,7 +59,6 @@ DEBUG_EXIT_PORT = 0xF4
 FW_CFG_PORT = 0x510
 PCI_CONFIG_PORT = 0xCF8
 PCI_INTX_IRQS = (10, 11, 5, 7)  # ISA IRQs free on our platform, for PCI INTA# of each slot in turn
-MAX_VCPUS = 64
 
 # MSRs set at boot (SDM vol. 4)
 MSR_IA32_MISC_ENABLE = 0x1A0
@@ -191,8 +192,8 @@ class Machine:
         self._resume = threading.Condition()
         self.run_loop_name, self._run_loop = ("custom", run_loop) if run_loop else best_run_loop()
         check_template(spec.cpu)
-        if not 1 <= spec.vcpus <= MAX_VCPUS:
-            raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {MAX_VCPUS}")
+        if not 1 <= spec.vcpus <= VMM_MAX_VCPUS_PER_VM:
+            raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {VMM_MAX_VCPUS_PER_VM}")
         self.memory: GuestMemory | None = None
         self.scheduler: ThreadScheduler | None = None
         self.debug: GuestDebug | None = None
@@ -226,7 +227,7 @@ class Machine:
         kernel = spec.kernel or default_firmware()
         self.plan: BootPlan = load_kernel(kernel, self.memory, BootOptions(
             cmdline=spec.cmdline, initrd=spec.initrd, vcpus=spec.vcpus, boot_device=spec.boot_device,
-            boot_mac=bytes.fromhex(spec.nics[0].mac.replace(":", "")) if spec.nics else None,
+            boot_mac=parse_mac(spec.nics[0].mac) if spec.nics else None,
             acpi=True))
         if self.plan.firmware is not None:
             rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
@@ -322,7 +323,7 @@ class Machine:
         from vmd.net.dhcp import DhcpResponder
         from vmd.net.tap import set_offload
 
-        mac = bytes.fromhex(nic.mac.replace(":", ""))
+        mac = parse_mac(nic.mac)
         responder = None
         if nic.dhcp is not None:
             d = nic.dhcp

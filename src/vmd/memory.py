@@ -18,6 +18,8 @@ import mmap
 import os
 from dataclasses import dataclass, field
 
+from vmd.limits import SIZE_MIN, VMM_MAX_VM_MEM_SIZE
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -30,9 +32,6 @@ PCI_MMIO_START = HOLE_START
 PCI_MMIO_END = 0xFEC0_0000  # exclusive: I/O APIC and LAPIC follow
 IOAPIC_ADDRESS = 0xFEC0_0000
 LAPIC_ADDRESS = 0xFEE0_0000
-
-MIN_MEMORY = 1 * MiB  # vmd's parse_size: "memory size must be at least 1MB"
-MAX_MEMORY = 128 * GiB  # as vmd: guest physical ranges must stay below 128 GiB
 
 # e820 types (ACPI 6.4, table 15.312)
 E820_RAM = 1
@@ -77,30 +76,15 @@ class Region:
         return self.guest_address + self.size
 
 
-def parse_size(text: str) -> int:
-    """Parse a memory size as vmctl(8) does: a number with an optional B/K/M/G/T suffix, default MiB."""
-    value = text.strip()
-    if not value:
-        raise ValueError("empty size")
-    units = {"b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
-    suffix = value[-1].lower()
-    if suffix in units:
-        number, scale = value[:-1], units[suffix]
-    else:
-        number, scale = value, MiB
-    if not number.isdigit():
-        raise ValueError(f"invalid size {text!r}")
-    return int(number) * scale
-
-
 class GuestMemory:
     """Guest RAM backed by a memfd, with bounds-checked zero-copy views by guest-physical address."""
 
     def __init__(self, size: int, name: str = "vmd-ram") -> None:
-        if size < MIN_MEMORY:
-            raise GuestMemoryError(f"memory size {size >> 10} KiB is too small (minimum {MIN_MEMORY >> 20} MiB)")
-        if size > MAX_MEMORY:
-            raise GuestMemoryError(f"memory size {size >> 20} MiB is too large (maximum {MAX_MEMORY >> 30} GiB)")
+        if size < SIZE_MIN:
+            raise GuestMemoryError(f"memory size {size >> 10} KiB is too small (minimum {SIZE_MIN >> 20} MiB)")
+        if size > VMM_MAX_VM_MEM_SIZE:  # guest physical ranges stay below 128 GiB, as on OpenBSD
+            raise GuestMemoryError(
+                f"memory size {size >> 20} MiB is too large (maximum {VMM_MAX_VM_MEM_SIZE >> 30} GiB)")
         if size % 4096:
             raise GuestMemoryError("memory size must be a multiple of 4 KiB")
         self.size = size

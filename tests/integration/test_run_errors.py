@@ -82,8 +82,9 @@ def test_missing_initrd(vmd_run: Callable[..., Run], guests: dict[str, Path], tm
     assert_one_line_error(vmd_run("-b", str(guests["multiboot"]), "--initrd", str(missing), "vm1"), str(missing))
 
 
+# -m is read as vmctl start -m reads it (vmd.sizes.parse_size): "" scans as 0 and "64" as 64 bytes
 @pytest.mark.parametrize("size,reason", [("512K", "too small"), ("200G", "too large"), ("lots", "invalid memory size"),
-                                         ("", "invalid memory size")])
+                                         ("4GB", "invalid memory size"), ("", "too small"), ("64", "too small")])
 def test_bad_memory_size(vmd_run: Callable[..., Run], size: str, reason: str) -> None:
     assert_one_line_error(vmd_run("-m", size, "vm1"), reason)
 

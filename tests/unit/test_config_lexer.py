@@ -1,11 +1,8 @@
-"""The vm.conf tokenizer (parse.y yylex rules) and the size helpers."""
+"""The vm.conf tokenizer (parse.y yylex rules)."""
 
 from __future__ import annotations
 
-import pytest
-
 from vmd.config.lexer import CHAR, EOF, KEYWORD, NUMBER, STRING, Lexer, Macro
-from vmd.config.sizes import fmt_scaled, scan_scaled
 
 
 def lex(text: str, macros: dict[str, str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
@@ -56,24 +53,3 @@ def test_lexer_errors() -> None:
     assert lex('"abc')[1] == ["t:1: reached end of file while parsing quoted string"]
     assert lex('"a\0b"\n')[1] == ["t:1: syntax error"]
     assert lex("x" * 9000)[1] == ["t:1: string too long"]
-
-
-@pytest.mark.parametrize("text, value", [
-    ("512M", 512 << 20), ("1G", 1 << 30), ("1.5g", 3 << 29), ("64k", 64 << 10), ("100", 100), ("2T", 2 << 40),
-    ("10B", 10), (" 3M", 3 << 20), ("-1M", -(1 << 20)),
-])
-def test_scan_scaled(text: str, value: int) -> None:
-    assert scan_scaled(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "M", "1Q", "1MB", "1 M x", "99999999E"])
-def test_scan_scaled_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        scan_scaled(text)
-
-
-def test_fmt_scaled() -> None:
-    assert fmt_scaled(128 << 30) == "128G"
-    assert fmt_scaled(1536 << 20) == "1.5G"
-    assert fmt_scaled(1000) == "1000B"
-    assert fmt_scaled(513 << 20) == "513M"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vmd.config import MappingResolver, ParseResult, parse_config, parse_string
-from vmd.config.spec import DEFAULT_LOCAL_PREFIX, QCOW2_MAGIC
+from vmd.config.spec import DEFAULT_LOCAL_PREFIX
+from vmd.limits import VM_MAGIC_QCOW
 
 RESOLVER = MappingResolver(users={"joe": 1000, "root": 0}, groups={"staff": 20, "vmusers": 30, "wheel": 0})
 
@@ -324,7 +325,18 @@ def test_memory_rounding_and_numbers() -> None:
     res = ok('vm "a" {\n boot /k\n memory 1.5G\n}\nvm "b" {\n boot /k\n memory 1048577\n}\n')
     a, b = res.config.vms  # type: ignore[union-attr]
     assert a.memory == 1536 << 20 and b.memory == 1 << 20
-    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 1M"]
+    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 1.0M"]  # fmt_scaled: 1.0M below 100M
+
+
+def test_memory_is_read_as_vmctl_reads_it() -> None:
+    """vm.conf and vmctl share parse_size and scan_scaled: a unit may be followed by punctuation, an empty
+    size is 0 (too small), and fmt_scaled writes one decimal below 100 of a unit."""
+    res = ok('vm "a" {\n boot /k\n memory "4G!"\n}\nvm "b" {\n boot /k\n memory 16445440\n}\n')
+    a, b = res.config.vms  # type: ignore[union-attr]
+    assert a.memory == 4 << 30 and b.memory == 15 << 20
+    assert res.warnings == ["vm.conf:7: warning: memory size rounded to 15.0M"]
+    assert errors('vm "a" {\n boot /k\n memory ""\n}\n') == [
+        "vm.conf:3: failed to parse size: : memory size must be at least 1MB"]
 
 
 def test_interfaces_minimum() -> None:
@@ -476,7 +488,7 @@ def test_check_paths(tmp_path: Path) -> None:
     raw = tmp_path / "raw.img"
     raw.write_bytes(b"\0" * 512)
     qcow = tmp_path / "disk.qcow2"
-    qcow.write_bytes(QCOW2_MAGIC + b"\0\0\0\3")
+    qcow.write_bytes(VM_MAGIC_QCOW + b"\0\0\0\3")
     conf = tmp_path / "vm.conf"
     conf.write_text('vm "a" {\n disk raw.img\n disk "disk.qcow2"\n disk raw.img format qcow2\n}\n')
     res = parse_config(str(conf), resolver=RESOLVER)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmd.disk import DiskError, Qcow2Image, RawImage, create_image, open_image
+from vmd.disk import DiskError, Qcow2Image, RawImage, create_image, detect_format, file_format, open_image
 from vmd.disk.qcow2 import create_qcow2
 
 K = 1024
@@ -24,6 +24,31 @@ def qemu_check(path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     info = json.loads(r.stdout)
     assert info.get("leaks", 0) == 0 and info.get("corruptions", 0) == 0, info
+
+
+@pytest.mark.parametrize("head, fmt", [
+    (b"QFI\xfb\0\0\0\3", "qcow2"),  # vmd.h VM_MAGIC_QCOW first, whatever follows
+    (b"QFI\xfb", "qcow2"),
+    (b"QFI", "raw"),  # too short for the magic
+    (b"qfi\xfb\0\0\0\3", "raw"),
+    (b"", "raw"),
+    (b"\0QFI\xfb", "raw"),  # the magic must come first
+])
+def test_format_detection(tmp_path: Path, head: bytes, fmt: str) -> None:
+    """The one qcow2 detection, by name (vm.conf disks, vmctl -d/create) and by fd (open_image)."""
+    p = tmp_path / "d.img"
+    p.write_bytes(head)
+    assert file_format(str(p)) == fmt
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert detect_format(fd) == fmt
+    finally:
+        os.close(fd)
+
+
+def test_format_of_an_unreadable_name_is_raw(tmp_path: Path) -> None:
+    assert file_format(str(tmp_path / "missing")) == "raw"
+    assert file_format(str(tmp_path)) == "raw"  # a directory
 
 
 def test_raw_vectored_io(tmp_path: Path) -> None:

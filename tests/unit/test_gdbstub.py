@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmd.gdbstub import (
-    MAX_MEMORY,
+    MAX_MEMORY_READ,
     MAX_PACKET,
     ExitEvent,
     GdbServer,
@@ -358,7 +358,7 @@ def test_memory() -> None:
 def test_memory_reads_are_bounded() -> None:
     client = Client()
     reply = client.ask(b"m1000,ffffffff")
-    assert len(reply) == 2 * MAX_MEMORY
+    assert len(reply) == 2 * MAX_MEMORY_READ
     assert len(frame(reply)) <= MAX_PACKET + 4
 
 

@@ -13,7 +13,6 @@ from vmd.memory import (
     GuestMemory,
     GuestMemoryError,
     MiB,
-    parse_size,
 )
 
 
@@ -88,15 +87,3 @@ def test_rom_region_cannot_overlap_ram(small: GuestMemory) -> None:
 def test_bad_sizes_are_refused(size: int) -> None:
     with pytest.raises(GuestMemoryError):
         GuestMemory(size)
-
-
-@pytest.mark.parametrize("text,value", [("64", 64 * MiB), ("64M", 64 * MiB), ("2G", 2 * GiB), ("512k", 512 * 1024),
-                                        ("4096B", 4096), ("1t", 1024 * GiB)])
-def test_parse_size(text: str, value: int) -> None:
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "M", "12Q", "-4M", "1.5G", "0x10"])
-def test_parse_size_refuses_garbage(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_size(text)

@@ -22,13 +22,10 @@ Where we differ from vmd.c 1.169 (each one where the code and vm.conf(5) disagre
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Collection
 
-from vmd.config.spec import NAME_MAX, AllowInstance, InterfaceSpec, OwnerSpec, VmSpec
-
-# vmd.c vm_register: letters, digits, '.', '-', '_'; not starting with '.', '-' or '_'
-VM_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+from vmd.config.spec import AllowInstance, InterfaceSpec, OwnerSpec, VmSpec
+from vmd.limits import VM_NAME_MAX, valid_vm_name
 
 
 class InstanceError(Exception):
@@ -37,9 +34,9 @@ class InstanceError(Exception):
 
 def check_vm_name(name: str) -> str | None:
     """None if the name is a valid VM name, else the reason ("vm name too long", "invalid VM name")."""
-    if len(name.encode()) > NAME_MAX:
+    if len(name.encode()) > VM_NAME_MAX:
         return "vm name too long"
-    if not VM_NAME_PATTERN.fullmatch(name):
+    if not valid_vm_name(name):
         return "invalid VM name"
     return None
 

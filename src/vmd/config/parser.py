@@ -28,7 +28,7 @@ Linux:
   says "must start with a letter", the code takes a digit too); at most 63 bytes (VMM_MAX_NAME_LEN is 64
   with the NUL). A bad name is `vm "NAME" failed: invalid VM name`.
 * Memory: at least 1M and at most 128G (VMM_MAX_VM_MEM_SIZE, also our guest memory limit), rounded down to
-  a whole megabyte with a warning.
+  a whole megabyte with a warning: vmd.sizes.parse_size, the rule vmctl start -m and vmd run -m share.
 
 Friendlier than parse.y (the config files that vmd accepts mean the same here):
 * Error recovery skips the rest of the bad line (or the rest of a bad `{ ... }` block) and goes on in the
@@ -71,18 +71,9 @@ from typing import NoReturn, Protocol
 from vmd.config import lexer as lx
 from vmd.config.instance import InstanceError, check_vm_name, make_instance
 from vmd.config.lexer import Lexer, Macro, Token
-from vmd.config.sizes import fmt_scaled, scan_scaled
 from vmd.config.spec import (
     BOOT_DEVICES,
     CPU_TEMPLATES,
-    IFNAME_MAX,
-    MAX_DISKS,
-    MAX_MEMORY,
-    MAX_NICS,
-    MAX_VCPUS,
-    MIN_MEMORY,
-    NAME_MAX,
-    QCOW2_MAGIC,
     RDOMAIN_MAX,
     AllowInstance,
     Config,
@@ -93,13 +84,16 @@ from vmd.config.spec import (
     SwitchSpec,
     VmSpec,
 )
+from vmd.ether import format_mac, parse_mac
+from vmd.imageformat import file_format
+from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
+from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
 MAX_INCLUDE_DEPTH = 32
 UID_MAX = 0xFFFFFFFE  # (uid_t)-1 is "no user"
 INSTANCE_FLAGS = frozenset({"boot", "memory", "interface", "disk", "cdrom", "instance"})
 IFACE_OPTIONS = frozenset({"switch", "group", "locked", "lladdr", "rdomain", "up", "down"})
-_MAC = re.compile(r"[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){5}")  # ether_aton(3)
 
 
 class AccountResolver(Protocol):
@@ -158,13 +152,6 @@ def valid_group(name: str) -> bool:
     return 0 < len(name) <= IFNAME_MAX and not name[-1].isdigit()
 
 
-def parse_mac(text: str) -> str | None:
-    """ether_aton(3): six 1-2 digit hex groups; returns lower-case xx:xx:xx:xx:xx:xx or None."""
-    if not _MAC.fullmatch(text):
-        return None
-    return ":".join(f"{int(part, 16):02x}" for part in text.split(":"))
-
-
 def parse_prefix4(text: str) -> tuple[ipaddress.IPv4Network | None, str]:
     """parse.y parse_prefix4(): address[/len], len 1..16 (default 16); (network, "") or (None, reason)."""
     addr, sep, length = text.rpartition("/")
@@ -210,16 +197,6 @@ def parse_prefix6(text: str) -> tuple[ipaddress.IPv6Network | None, str]:
         return ipaddress.IPv6Network((address, mask)), ""
     except ValueError:
         return None, "bad mask"
-
-
-def detect_disk_format(path: str) -> str:
-    """parse.y parse_disk(): qcow2 if the file starts with the qcow magic, raw otherwise (or unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(QCOW2_MAGIC))
-    except OSError:
-        return "raw"
-    return "qcow2" if head == QCOW2_MAGIC else "raw"
 
 
 class Parser:
@@ -606,7 +583,7 @@ class Parser:
         kw = self.advance()
         sw = SwitchSpec(name=self.string(), file=kw.file, line=kw.line)
         self.block(lambda: self.switch_option(sw))
-        if len(sw.name.encode()) > NAME_MAX:
+        if len(sw.name.encode()) > VM_NAME_MAX:
             self.error(kw, f"switch name too long: {sw.name}")
             return
         if sw.interface is None:
@@ -662,10 +639,10 @@ class Parser:
         vm = VmSpec(name=name, instance_of=parent_name, file=kw.file, line=kw.line)
         errors_before = len(self.errors)
         self.block(lambda: self.vm_option(vm))
-        if parent_name is not None and len(parent_name.encode()) > NAME_MAX:
+        if parent_name is not None and len(parent_name.encode()) > VM_NAME_MAX:
             self.error(kw, f"vm {parent_name} name too long")
             return
-        if len(name.encode()) > NAME_MAX:
+        if len(name.encode()) > VM_NAME_MAX:
             self.error(kw, "vm name too long")
             return
         if len(self.errors) != errors_before:
@@ -760,7 +737,7 @@ class Parser:
             count = self.number()
             if vm.nic_count is not None:
                 self.error(tok, "interfaces specified more than once")
-            elif not 0 <= count <= MAX_NICS:
+            elif not 0 <= count <= VM_MAX_NICS_PER_VM:
                 self.error(tok, f"too many interfaces: {count}")
             else:
                 vm.nic_count = count
@@ -797,8 +774,8 @@ class Parser:
             count = self.number()
             if vm.vcpus is not None:
                 self.error(tok, "vcpus specified more than once")
-            elif not 1 <= count <= MAX_VCPUS:
-                self.error(tok, f"invalid number of vcpus: {count} (1 to {MAX_VCPUS})")
+            elif not 1 <= count <= VMM_MAX_VCPUS_PER_VM:
+                self.error(tok, f"invalid number of vcpus: {count} (1 to {VMM_MAX_VCPUS_PER_VM})")
             else:
                 vm.vcpus = count
         elif word == "cpu":
@@ -827,32 +804,30 @@ class Parser:
     def memory(self, tok: Token, vm: VmSpec) -> None:
         """memory NUMBER (bytes) | memory STRING (scan_scaled); parse.y parse_size()."""
         arg = self.peek()
+        scanned: str | int
         if arg.kind == lx.NUMBER:
             self.advance()
-            word, value = arg.text, arg.number
+            word, scanned = arg.text, arg.number
         elif arg.kind == lx.STRING:
             self.advance()
-            word = arg.value
-            if vm.memory is None:
-                try:
-                    value = scan_scaled(word)
-                except ValueError:
-                    self.error(tok, f"failed to parse size: {word}: invalid memory size")
-                    return
+            word = scanned = arg.value
         else:
             self.fail(arg)
         if vm.memory is not None:
             self.error(tok, "memory specified more than once")
             return
-        if value < MIN_MEMORY:
+        try:
+            size, rounded = parse_size(scanned)
+        except ScaledError:
+            self.error(tok, f"failed to parse size: {word}: invalid memory size")
+            return
+        except SizeTooSmall:
             self.error(tok, f"failed to parse size: {word}: memory size must be at least 1MB")
             return
-        if value > MAX_MEMORY:
-            self.error(tok, f"failed to parse size: {word}: memory size too large (limit is "
-                            f"{fmt_scaled(MAX_MEMORY)})")
+        except SizeTooLarge as e:
+            self.error(tok, f"failed to parse size: {word}: memory size too large (limit is {fmt_scaled(e.limit)})")
             return
-        size = value & ~((1 << 20) - 1)  # round down to the megabyte
-        if size != value:
+        if rounded:
             self.warn(tok, f"memory size rounded to {fmt_scaled(size)}")
         vm.memory = size
 
@@ -867,7 +842,7 @@ class Parser:
                 self.error(tok, f"unrecognized disk format {name}")
                 return
             fmt = name.lower()
-        if len(vm.disks) >= MAX_DISKS:
+        if len(vm.disks) >= VM_MAX_DISKS_PER_VM:
             self.error(tok, f"failed to parse disks: {word}: too many disks")
             return
         path = self.existing_path(tok, word, "failed to parse disks")
@@ -876,7 +851,8 @@ class Parser:
         if len(path) > PATH_MAX:
             self.error(tok, f"failed to parse disks: {word}: disk path too long")
             return
-        vm.disks.append(DiskSpec(path=path, format=fmt or detect_disk_format(path)))
+        # parse.y parse_disk(): without `format`, qcow2 if the file starts with the qcow magic, else raw
+        vm.disks.append(DiskSpec(path=path, format=fmt or file_format(path)))
 
     def interface(self, tok: Token, vm: VmSpec, local: bool) -> None:
         """[local] interface [name] [{ opts } | opts] (parse.y vm_opts, iface_opts_o)."""
@@ -897,7 +873,7 @@ class Parser:
                     self.iface_option(iface)
                     continue
                 break
-        if len(vm.interfaces) + 1 > MAX_NICS:
+        if len(vm.interfaces) + 1 > VM_MAX_NICS_PER_VM:
             self.error(tok, f"too many interfaces: {len(vm.interfaces) + 1}")
             return
         if name is not None:
@@ -915,7 +891,7 @@ class Parser:
         word = tok.value if tok.kind == lx.KEYWORD else ""
         if word == "switch":
             name = self.string()
-            if len(name.encode()) > NAME_MAX:
+            if len(name.encode()) > VM_NAME_MAX:
                 self.error(tok, f"switch name too long: {name}")
             else:
                 iface.switch = name
@@ -931,11 +907,10 @@ class Parser:
                 iface.locked = True
             if self.peek().kind == lx.STRING:
                 text = self.advance().value
-                mac = parse_mac(text)
-                if mac is None:
+                try:
+                    iface.lladdr = format_mac(parse_mac(text))  # kept as lower-case xx:xx:xx:xx:xx:xx
+                except ValueError:
                     self.error(tok, f"invalid address: {text}")
-                else:
-                    iface.lladdr = mac
         elif word == "rdomain":
             value = self.number()
             if not 0 <= value <= RDOMAIN_MAX:

@@ -11,23 +11,16 @@ import os
 import random
 from dataclasses import dataclass, field
 
-# Limits (vmd.h, sys/dev/vmm/vmm.h; see parser.py for where Linux differs)
-MAX_DISKS = 4  # VM_MAX_DISKS_PER_VM
-MAX_NICS = 4  # VM_MAX_NICS_PER_VM
-MAX_VCPUS = 64  # VMM_MAX_VCPUS_PER_VM (OpenBSD's kernel still runs one; KVM runs them all)
-NAME_MAX = 63  # VMM_MAX_NAME_LEN is 64 bytes including the NUL
-IFNAME_MAX = 15  # IF_NAMESIZE / Linux IFNAMSIZ, both 16 bytes including the NUL
+from vmd.limits import VM_DEFAULT_MEMORY
+
+# The limits (disks, interfaces, vCPUs, memory, names) live in vmd.limits; see parser.py for where Linux differs
 RDOMAIN_MAX = 255  # RT_TABLEID_MAX
-MIN_MEMORY = 1 << 20  # parse_size(): "memory size must be at least 1MB"
-MAX_MEMORY = 128 << 30  # VMM_MAX_VM_MEM_SIZE, the same on Linux (memory.py keeps guest RAM below 128 GiB)
-DEFAULT_MEMORY = 512 << 20  # VM_DEFAULT_MEMORY
 DEFAULT_LOCAL_PREFIX = ipaddress.IPv4Network("100.64.0.0/10")  # vm.conf(5) "local prefix"
 DEFAULT_STAGGER_DELAY = 30  # VMD_DEFAULT_STAGGERED_START_DELAY (vmd.h)
 AGENTX_MASTER_PATH = "/var/agentx/master"
 CPU_TEMPLATES = ("host", "baseline")  # our `cpu` extension; the machine layer's default is "baseline"
 BOOT_DEVICES = ("cdrom", "disk", "net")  # vm.conf(5) "boot device"
 DISK_FORMATS = ("raw", "qcow2")
-QCOW2_MAGIC = b"QFI\xfb"  # VM_MAGIC_QCOW
 
 
 def default_parallelism() -> int:
@@ -175,7 +168,7 @@ class VmSpec:
 
     @property
     def memory_bytes(self) -> int:
-        return self.memory if self.memory is not None else DEFAULT_MEMORY
+        return self.memory if self.memory is not None else VM_DEFAULT_MEMORY
 
 
 @dataclass

@@ -5,6 +5,8 @@
     status.py   the `vmctl status` table
     console.py  the built-in terminal client (`console`, `start -c`)
     create.py   `vmctl create`: raw images and conversion here; qcow2 through vmd.disk
-    scaled.py   fmt_scaled(3), scan_scaled(3), strtonum(3)
+    strtonum.py strtonum(3)
     getopt.py   BSD getopt(3) with long options
+
+Sizes (fmt_scaled, scan_scaled, parse_size) come from vmd.sizes and the limits from vmd.limits.
 """

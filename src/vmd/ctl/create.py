@@ -21,7 +21,6 @@ from vmd.ctl.client import CtlError
 
 RAW = "raw"
 QCOW2 = "qcow2"
-QCOW2_MAGIC = b"QFI\xfb"  # VM_MAGIC_QCOW
 MB = 1024 * 1024
 CHUNK = 64 * 1024  # ctl_convert's buffer size
 
@@ -32,12 +31,8 @@ def parse_disktype(spec: str) -> tuple[str, str]:
     for fmt in (RAW, QCOW2):
         if spec.startswith(fmt + ":"):
             return fmt, spec[len(fmt) + 1 :]
-    try:
-        with open(spec, "rb") as f:
-            if f.read(len(QCOW2_MAGIC)) == QCOW2_MAGIC:
-                return QCOW2, spec
-    except OSError:
-        pass
+    if disk.file_format(spec) == QCOW2:
+        return QCOW2, spec
     dot = spec.rfind(".")
     if dot >= 0 and dot + 1 < len(spec):
         ext = spec[dot + 1 :].lower()

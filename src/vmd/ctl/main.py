@@ -30,15 +30,18 @@ from vmd.ctl import status as status_mod
 from vmd.ctl.client import UNEXPECTED, Client, CtlError, error_text
 from vmd.ctl.console import ConsoleClient
 from vmd.ctl.getopt import GetoptError, getopt
-from vmd.ctl.scaled import ScaledError, fmt_scaled, scan_scaled, strtonum
+from vmd.ctl.strtonum import strtonum
+from vmd.limits import (
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
+    VMM_MAX_VM_MEM_SIZE,
+    valid_vm_name,
+)
+from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PROGNAME = "vmctl"
-MB = 1024 * 1024
-VMM_MAX_NAME_LEN = 64
-VMM_MAX_VM_MEM_SIZE = 128 * 1024**3  # sys/dev/vmm/vmm.h
-VM_MAX_DISKS_PER_VM = 4
-VM_MAX_NICS_PER_VM = 4
-VMM_MAX_VCPUS_PER_VM = 64
 UINT32_MAX = 2**32 - 1
 INT_MAX = 2**31 - 1
 EXIT_FAILURE = 1
@@ -126,7 +129,7 @@ def parse_vmid(word: str) -> int | str | None:
     value, err = strtonum(word, 0, UINT32_MAX)
     if err is None:
         return value
-    if len(word.encode()) >= VMM_MAX_NAME_LEN:
+    if len(word.encode()) > VM_NAME_MAX:
         warnx("name too long")
         return None
     return word
@@ -139,30 +142,22 @@ def vmid_arg(word: str) -> int | str:
     return target
 
 
-def parse_size(word: str, kind: str) -> int:
-    """main.c `parse_size()`: scan_scaled, at least 1MB, memory at most 128G, rounded down to a MB."""
+def size_arg(word: str, kind: str) -> int:
+    """main.c `parse_size()` with its messages: at least 1MB, memory at most 128G, rounded down to a MB."""
     try:
-        val = scan_scaled(word)
+        size, rounded = parse_size(word, VMM_MAX_VM_MEM_SIZE if kind == "memory" else None)
     except ScaledError as e:
         raise CtlError(f"invalid {kind} size: {word}: {strerror(e.errno)}") from None
-    if val < MB:
-        raise CtlError(f"{kind} size must be at least 1MB")
-    if kind == "memory" and val > VMM_MAX_VM_MEM_SIZE:
-        raise CtlError(f"memory size too large (limit is {fmt_scaled(VMM_MAX_VM_MEM_SIZE)})")
-    size = val // MB * MB
-    if size != val:
+    except SizeTooSmall:
+        raise CtlError(f"{kind} size must be at least 1MB") from None
+    except SizeTooLarge as e:
+        raise CtlError(f"memory size too large (limit is {fmt_scaled(e.limit)})") from None
+    if rounded:
         try:
             warnx(f"{kind} size rounded to {fmt_scaled(size)}")
         except ScaledError:
             warnx(f"{kind} size rounded to {size}B")
     return size
-
-
-def valid_vm_name(name: str) -> bool:
-    """vmctl.c `vm_start()`: alphanumerics, '.', '-', '_'; not starting with '.', '-' or '_'."""
-    if name[:1] in ("-", ".", "_"):
-        return False
-    return all((c.isascii() and c.isalnum()) or c in "._-" for c in name)
 
 
 def realpath_or(path: str, message: str) -> str:
@@ -226,7 +221,7 @@ def ctl_create(ctx: Context, cmd: Command, args: list[str]) -> int:
         elif opt == "-i":
             source = val
         elif opt == "-s":
-            size = parse_size(val, "disk")
+            size = size_arg(val, "disk")
     if len(rest) != 1:
         raise Usage(cmd)
     fmt, disk = create_mod.parse_disktype(rest[0])
@@ -371,7 +366,7 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
         elif opt == "-m":
             if a.memory:
                 raise CtlError("memory specified multiple times")
-            a.memory = parse_size(val, "memory")
+            a.memory = size_arg(val, "memory")
         elif opt == "-n":
             a.nets.append(val)
         elif opt == "-d":
@@ -386,7 +381,7 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
                 raise CtlError(f"invalid interface count: {val}")
             a.nifs = n
         elif opt == "-t":
-            if len(val.encode()) >= VMM_MAX_NAME_LEN:
+            if len(val.encode()) > VM_NAME_MAX:
                 warnx("instance vm name too long")
                 raise CtlError(f"invalid name: {val}")
             a.instance = val
@@ -481,7 +476,8 @@ def _check_start(a: StartArgs, nnics: int, target: int | str) -> None:
             raise CtlError("too many network interfaces")
         if a.kernel is None and nnics == 0:
             warnx("starting without network interfaces")
-    if isinstance(target, str) and not valid_vm_name(target):
+    # vmctl.c checks the characters only, so an empty name goes on to vmd (which refuses it)
+    if isinstance(target, str) and target and not valid_vm_name(target):
         raise CtlError("invalid VM name")
     if a.kernel is not None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from vmd.ctl.scaled import ScaledError, fmt_scaled
+from vmd.sizes import ScaledError, fmt_scaled
 
 HEADER_FMT = "{:>5} {:>5} {:>5} {:>7} {:>7} {:>7} {:>12} {:>8} {}"
 OWNER_MAX = 15  # char user[16]

@@ -20,7 +20,6 @@ from vmd.daemon.control import Client, ControlServer, RequestError
 from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
 from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
 from vmd.daemon.registry import (
-    DEFAULT_MEMORY,
     PAUSED,
     RUNNING,
     STARTING,
@@ -35,6 +34,14 @@ from vmd.daemon.registry import (
 from vmd.daemon.settings import ConfigError, Settings
 from vmd.daemon.supervisor import VM_USER, Terminal, VmProcess, describe_exit, spawn
 from vmd.firmware import find_bios
+from vmd.limits import (
+    SIZE_MIN,
+    VM_DEFAULT_MEMORY,
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VMM_MAX_VCPUS_PER_VM,
+    VMM_MAX_VM_MEM_SIZE,
+)
 from vmd.vmchannel import EXIT_REBOOT
 
 log = logging.getLogger("vmd")
@@ -43,10 +50,6 @@ RESTART_LIMIT = 3  # VM_START_RATE_LIMIT: a 3rd restart each within 6 s is refus
 RESTART_WINDOW = 6.0  # VM_START_RATE_SEC
 STOP_TIMEOUT = 30.0  # vmd's own shutdown (SIGTERM): how long VMs get before they are forced
 STOP_REQUEST_TIMEOUT = 125.0  # vmctl stop: past vmmci's 120 s for a guest that acknowledged, then force
-MAX_DISKS = 4
-MAX_NICS = 4
-MEMORY_MIN = 1 << 20
-MEMORY_MAX = 128 << 30
 ROOT_ONLY = {"load", "reload", "reset", "log"}
 ROOT_PEER = Peer(0, 0, 0, frozenset({0}))  # opens a file as vmd itself: only "a regular file" is checked
 
@@ -195,7 +198,7 @@ class Daemon:
                 "id": entry.id,
                 "pid": process.pid if process else None,
                 "vcpus": entry.definition.vcpus,
-                "maxmem": entry.definition.memory or DEFAULT_MEMORY,
+                "maxmem": entry.definition.memory or VM_DEFAULT_MEMORY,
                 "curmem": process.resident_guest_bytes() if process else None,
                 "tty": entry.terminal.path if entry.terminal and process else None,
                 "owner": entry.owner_text(),
@@ -311,14 +314,14 @@ class Daemon:
         return path
 
     def _validate(self, definition: VmDefinition, peer: Peer) -> None:
-        memory = definition.memory or DEFAULT_MEMORY
-        if not isinstance(memory, int) or not MEMORY_MIN <= memory <= MEMORY_MAX:
+        memory = definition.memory or VM_DEFAULT_MEMORY
+        if not isinstance(memory, int) or not SIZE_MIN <= memory <= VMM_MAX_VM_MEM_SIZE:
             raise RequestError("EINVAL", "invalid memory size")
-        if not isinstance(definition.vcpus, int) or not 1 <= definition.vcpus <= 64:
+        if not isinstance(definition.vcpus, int) or not 1 <= definition.vcpus <= VMM_MAX_VCPUS_PER_VM:
             raise RequestError("EINVAL", "invalid number of CPUs")
-        if len(definition.disks) > MAX_DISKS:
+        if len(definition.disks) > VM_MAX_DISKS_PER_VM:
             raise RequestError("EINVAL", "too many disks")
-        if max(definition.nics, len(definition.switches) + definition.local_nics) > MAX_NICS:
+        if max(definition.nics, len(definition.switches) + definition.local_nics) > VM_MAX_NICS_PER_VM:
             raise RequestError("EINVAL", "too many network interfaces")
         if definition.kernel:
             self._check_file(definition.kernel, _file_peer(definition, "kernel", peer))
@@ -370,7 +373,7 @@ class Daemon:
             entry.terminal.give_to(run_uid, definition.owner.gid)
             spec = {
                 "name": definition.name,
-                "memory": definition.memory or DEFAULT_MEMORY,
+                "memory": definition.memory or VM_DEFAULT_MEMORY,
                 "kernel": None,
                 "initrd": None,
                 "cmdline": definition.append or "",

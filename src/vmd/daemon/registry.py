@@ -9,8 +9,6 @@ from typing import Any
 from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.supervisor import Terminal, VmProcess
 
-DEFAULT_MEMORY = 512 * 1024 * 1024  # VM_DEFAULT_MEMORY
-
 # The files of a VM that vmd opens as the requesting user could (VmDefinition.user_files): config.c 1.79
 # config_setvm calls vm_checkaccess with a user check only for the kinds vm_instance marked in
 # vmc_checkaccess, the ones an instance supplies; a VM's files from vm.conf are root's to name.

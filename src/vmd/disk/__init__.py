@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 
 from vmd.disk.image import DiskError, DiskImage, Opener, default_opener, lock_fd
-from vmd.disk.qcow2 import MAGIC, Qcow2Image, create_qcow2
+from vmd.disk.qcow2 import Qcow2Image, create_qcow2
 from vmd.disk.raw import RawImage, create_raw
+from vmd.imageformat import FORMATS, QCOW2, RAW, detect_format, file_format
 
 __all__ = [
     "MAX_FILES_PER_DISK",
@@ -32,18 +33,11 @@ __all__ = [
     "RawImage",
     "create_image",
     "detect_format",
+    "file_format",
     "open_image",
 ]
 
-RAW = "raw"
-QCOW2 = "qcow2"
-FORMATS = (RAW, QCOW2)
 MAX_FILES_PER_DISK = 4  # vmd.h VM_MAX_BASE_PER_DISK: the top image and up to three bases
-
-
-def detect_format(fd: int) -> str:
-    """qcow2 if the file starts with the qcow2 magic, else raw."""
-    return QCOW2 if os.pread(fd, len(MAGIC), 0) == MAGIC else RAW
 
 
 def open_image(

@@ -48,8 +48,7 @@ from vmd.disk.image import (
     tail_slices,
     total_length,
 )
-
-MAGIC = b"QFI\xfb"
+from vmd.limits import VM_MAGIC_QCOW
 
 # qcow2.txt "Header": bytes 0..71 (versions 2 and 3): magic, version, backing_file_offset,
 # backing_file_size, cluster_bits, size, crypt_method, l1_size, l1_table_offset, refcount_table_offset,
@@ -137,7 +136,7 @@ def parse_header(path: str, head: bytes) -> Header:
     def fail(reason: str) -> DiskError:
         return DiskError(f"{path}: {reason}")
 
-    if len(head) < HEADER_V2.size or head[:4] != MAGIC:
+    if len(head) < HEADER_V2.size or head[:4] != VM_MAGIC_QCOW:
         raise fail("not a qcow2 image")
     f = HEADER_V2.unpack_from(head)
     h = Header(*f[1:])
@@ -222,7 +221,7 @@ def read_qcow2_size(path: str) -> int:
         raise DiskError("failure to read base image header") from None
     if len(head) < 32:
         raise DiskError("failure to read base image header")
-    if head[:4] != MAGIC:
+    if head[:4] != VM_MAGIC_QCOW:
         raise DiskError("base image is not a qcow2 file")
     return int(struct.unpack_from(">Q", head, 24)[0])
 
@@ -907,7 +906,7 @@ def create_qcow2(path: str, size: int, base: str | None = None, cluster_bits: in
     rt_offset = l1_offset + l1_clusters * cs
     rb_offset = rt_offset + rt_clusters * cs
     header = HEADER_V2.pack(
-        MAGIC, 3,
+        VM_MAGIC_QCOW, 3,
         V3_HEADER_LENGTH if backing else 0, len(backing),
         cluster_bits, size,
         0,  # no encryption

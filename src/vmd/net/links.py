@@ -31,7 +31,6 @@ import ipaddress
 import logging
 import os
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,34 +38,22 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vmd.ether import format_mac, parse_mac
+from vmd.limits import IFNAME_MAX
 from vmd.net.errors import NetError
 
 log = logging.getLogger("vmd.net")
 
 GROUP_FILE = "/etc/iproute2/group"
-GROUP_MAX = 15  # priv_validgroup(): strlen(name) < IF_NAMESIZE
 ALIAS_MAX = 63  # vmd's description buffer is VM_NAME_MAX (64) bytes including the NUL
 GROUP_NUMBER_MAX = 0xFFFFFFFF  # IFLA_GROUP is a u32
-
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 class LinkError(NetError):
     """A one-line reason the network configuration failed."""
 
 
-# --- MAC addresses ---------------------------------------------------------------------------------------
-
-
-def parse_mac(mac: str) -> bytes:
-    text = mac.strip().lower()
-    if not _MAC_RE.match(text):
-        raise LinkError(f"invalid lladdr {mac}")
-    return bytes(int(x, 16) for x in text.split(":"))
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
+# --- MAC addresses (parsed and written by vmd.ether) --------------------------------------------------------
 
 
 def random_guest_mac(index: int, rng: random.Random | None = None) -> str:
@@ -102,7 +89,7 @@ def host_side_mac(guest_mac: str) -> str:
 
 def validate_group(name: str) -> None:
     """vm.conf(5) / priv_validgroup(): under 16 characters, not ending in a digit."""
-    if not name or len(name.encode()) > GROUP_MAX or name[-1].isdigit():
+    if not name or len(name.encode()) > IFNAME_MAX or name[-1].isdigit():  # priv_validgroup(): < IF_NAMESIZE
         raise LinkError(f"invalid group name: {name}")
     if any(c.isspace() for c in name) or "#" in name:
         raise LinkError(f"invalid group name: {name}")

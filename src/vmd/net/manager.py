@@ -9,15 +9,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmd.config.spec import InterfaceSpec, SwitchSpec
+from vmd.ether import parse_mac
 from vmd.net.dhcp import DhcpResponder
 from vmd.net.errors import NetError
 from vmd.net.links import (
     GroupTable,
+    LinkError,
     Links,
     SwitchState,
     TapSettings,
     host_side_mac,
-    parse_mac,
     random_guest_mac,
     tap_alias,
 )
@@ -158,7 +159,10 @@ class NetworkManager:
 
         guest_mac = eff.lladdr or random_guest_mac(index, self.rng)
         guest_mac = guest_mac.lower()
-        parse_mac(guest_mac)  # validates
+        try:
+            parse_mac(guest_mac)
+        except ValueError:
+            raise LinkError(f"invalid lladdr {guest_mac}") from None
         host_mac = host_side_mac(guest_mac)
 
         group_name = eff.group or (sw_spec.group if sw_spec else None)

@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 
+from vmd.limits import IFNAME_MAX
 from vmd.net.errors import NetError
 
 TUN_PATH = "/dev/net/tun"
@@ -47,7 +48,6 @@ TUN_F_TSO_ECN = 0x08
 TUN_F_UFO = 0x10
 
 VNET_HDR_LEN = 12  # struct virtio_net_hdr_v1 (virtio 1.2, 5.1.6)
-IFNAMSIZ = 16  # including the NUL
 AUTO_TAP = "tap"  # vm.conf(5): "tap" means the next free tap
 _KERNEL_PICK = "tap%d"  # the kernel replaces %d by the lowest free number (dev_alloc_name)
 
@@ -64,8 +64,8 @@ def validate_ifname(name: str) -> None:
     "..", a '/', ':', '%' (a kernel name template) or white space."""
     if not name:
         raise TapError("invalid tap name: empty name")
-    if len(name.encode()) > IFNAMSIZ - 1:
-        raise TapError(f"invalid tap name {name}: longer than {IFNAMSIZ - 1} characters")
+    if len(name.encode()) > IFNAME_MAX:
+        raise TapError(f"invalid tap name {name}: longer than {IFNAME_MAX} characters")
     if name in (".", "..") or any(c in name for c in "/:%") or any(c.isspace() for c in name):
         raise TapError(f"invalid tap name {name}")
 

@@ -1,23 +1,33 @@
-"""fmt_scaled(3) and scan_scaled(3) from OpenBSD libutil (fmt_scaled.c), and strtonum(3).
+"""Sizes as OpenBSD writes and reads them: fmt_scaled(3) and scan_scaled(3) (lib/libutil/fmt_scaled.c), and
+parse_size(), the memory and disk size rule of vm.conf (parse.y), vmctl (main.c) and, here, `vmd run -m`.
 
-vmctl prints memory sizes with fmt_scaled() and reads `-m`/`-s` sizes with scan_scaled(), so both are
-reproduced digit for digit, including C's truncating integer division and scan_scaled's quirks
-(the fraction is dropped when no unit follows: "4.5" is 4; a unit may be followed by punctuation: "4G!").
+This is the only implementation; vmctl status, vmctl create -s, vmctl start -m, vm.conf `memory` and
+`vmd run -m` all use it. Both functions follow the C code digit for digit, including its truncating integer
+division and scan_scaled's quirks: the fraction is dropped when no unit follows ("4.5" is 4), only a letter
+or digit may not follow the unit ("4G!" is 4G, "4GB" is refused), and an empty string or a bare unit is 0.
+fmt_scaled gives one decimal while the number is below 100 of its unit ("15.7M", "1.0G", "100M").
 """
 
 from __future__ import annotations
 
 import errno
 
+from vmd.limits import SIZE_MIN, VMM_MAX_VM_MEM_SIZE
+
 SCALE_CHARS = "BKMGTPE"
 SCALE_FACTORS = tuple(1024**i for i in range(len(SCALE_CHARS)))
 MAX_DIGITS = len(SCALE_CHARS) * 3  # MAX_DIGITS in fmt_scaled.c
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)
+MB = 1 << 20
 _C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale
 
 
-class ScaledError(ValueError):
+class SizeError(ValueError):
+    """A size that parse_size() refuses."""
+
+
+class ScaledError(SizeError):
     """A scan/format failure; `errno` is what the C function would leave in errno."""
 
     def __init__(self, err: int) -> None:
@@ -127,18 +137,30 @@ def fmt_scaled(number: int) -> str:
     return f"{number}.{fract}{SCALE_CHARS[unit]}"
 
 
-def strtonum(text: str, minval: int, maxval: int) -> tuple[int, str | None]:
-    """strtonum(3): (value, None) or (0, "invalid" | "too small" | "too large")."""
-    s = text.lstrip(_C_SPACE)  # strtoll skips leading space and takes one sign
-    body = s[1:] if s[:1] in ("+", "-") else s
-    if not body or not (body.isascii() and body.isdigit()) or minval > maxval:
-        return 0, "invalid"
-    value = int(s)
-    if value < minval:
-        return 0, "too small"
-    if value > maxval:
-        return 0, "too large"
-    return value, None
+class SizeTooSmall(SizeError):
+    """Below SIZE_MIN: "size must be at least 1MB"."""
 
 
-__all__ = ["ScaledError", "fmt_scaled", "scan_scaled", "strtonum"]
+class SizeTooLarge(SizeError):
+    """Above the caller's limit (VMM_MAX_VM_MEM_SIZE for memory)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def parse_size(word: str | int, limit: int | None = VMM_MAX_VM_MEM_SIZE) -> tuple[int, bool]:
+    """parse_size() of parse.y and vmctl's main.c: scan_scaled() a word (an int is a value already read,
+    as vm.conf's `memory NUMBER`), refuse less than 1MB and more than `limit` (None: no upper limit, as for
+    vmctl create -s), and round down to the megabyte. Returns (size, whether it was rounded); raises
+    ScaledError (from scan_scaled), SizeTooSmall or SizeTooLarge, for each caller to word its message."""
+    value = scan_scaled(word) if isinstance(word, str) else word
+    if value < SIZE_MIN:
+        raise SizeTooSmall(value)
+    if limit is not None and value > limit:
+        raise SizeTooLarge(limit)
+    size = value // MB * MB
+    return size, size != value
+
+
+__all__ = ["ScaledError", "SizeError", "SizeTooLarge", "SizeTooSmall", "fmt_scaled", "parse_size", "scan_scaled"]

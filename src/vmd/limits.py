@@ -1,0 +1,30 @@
+"""The limits every layer shares, each defined once, and the VM name rule.
+
+This is the bottom layer: it imports nothing from vmd, and every other module that needs one of these
+imports it from here (tests/unit/test_limits.py fails if a second definition appears). Each value names
+the OpenBSD constant it follows (usr.sbin/vmd/vmd.h, sys/dev/vmm/vmm.h) or, where OpenBSD has no name
+for it, the function whose rule it is.
+"""
+
+from __future__ import annotations
+
+VM_MAX_DISKS_PER_VM = 4  # vmd.h
+VM_MAX_NICS_PER_VM = 4  # vmd.h
+VMM_MAX_VCPUS_PER_VM = 64  # vmm.h (OpenBSD's kernel still runs one vCPU; KVM runs them all)
+
+VM_NAME_MAX = 63  # VMM_MAX_NAME_LEN (vmm.h) is 64 bytes including the NUL
+IFNAME_MAX = 15  # IF_NAMESIZE (OpenBSD) and IFNAMSIZ (Linux) are 16 bytes including the NUL
+
+SIZE_MIN = 1 << 20  # parse_size() in parse.y and vmctl's main.c: "size must be at least 1MB" (no named constant)
+VMM_MAX_VM_MEM_SIZE = 128 << 30  # vmm.h; memory.py keeps guest RAM below 128 GiB on Linux too
+VM_DEFAULT_MEMORY = 512 << 20  # vmd.h
+
+VM_MAGIC_QCOW = b"QFI\xfb"  # vmd.h; the first four bytes of a qcow2 image
+
+
+def valid_vm_name(name: str) -> bool:
+    """vmd.c vm_register(): not empty, only ASCII letters, digits, '.', '-' and '_', and not starting with
+    '.', '-' or '_'. The length (at most VM_NAME_MAX bytes) is checked apart, each caller with its message."""
+    if not name or name[0] in ".-_":
+        return False
+    return all((c.isascii() and c.isalnum()) or c in ".-_" for c in name)
