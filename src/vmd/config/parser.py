@@ -74,7 +74,6 @@ from vmd.config.lexer import Lexer, Macro, Token
 from vmd.config.sizes import fmt_scaled, scan_scaled
 from vmd.config.spec import (
     BOOT_DEVICES,
-    CPU_TEMPLATES,
     IFNAME_MAX,
     MAX_DISKS,
     MAX_MEMORY,
@@ -93,6 +92,7 @@ from vmd.config.spec import (
     SwitchSpec,
     VmSpec,
 )
+from vmd.cpu import CpuModelError, parse_cpu_model
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
 MAX_INCLUDE_DEPTH = 32
@@ -802,13 +802,16 @@ class Parser:
             else:
                 vm.vcpus = count
         elif word == "cpu":
-            template = self.string()
+            model = self.string()
             if vm.cpu is not None:
                 self.error(tok, "cpu specified more than once")
-            elif template not in CPU_TEMPLATES:
-                self.error(tok, f"unknown cpu template: {template} (choose {' or '.join(CPU_TEMPLATES)})")
             else:
-                vm.cpu = template
+                try:
+                    parse_cpu_model(model)
+                except CpuModelError as error:
+                    self.error(tok, str(error))
+                else:
+                    vm.cpu = model
         elif word == "initrd":
             path = self.string()
             if vm.initrd is not None:
