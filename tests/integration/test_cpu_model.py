@@ -173,6 +173,16 @@ def test_vmctl_start_refuses_a_bad_model_before_asking_vmd(daemon: Vmd, guests: 
     assert daemon.alive()
 
 
+def test_vmd_fails_the_start_of_a_model_the_host_cannot_give(daemon: Vmd, guests: dict[str, Path]) -> None:
+    feature = _missing_feature()
+    model = f"host,+{feature}"
+    result = daemon.vmctl("start", "--cpu", model, "-m", "16M", "-b", str(guests["cpuinfo"]), "adhoc")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", f"vmctl: start vm command failed: adhoc: cpu {model}: the host's KVM cannot give the guest {feature}\n")
+    assert "adhoc" not in daemon.status()
+    assert daemon.alive()
+
+
 def test_a_configured_model_reaches_the_guest_through_vmd(daemon: Vmd) -> None:
     """vmctl start -c: the console shows what the cpuinfo guest read under vm.conf's `cpu` line."""
     result = daemon.vmctl("start", "-c", "amd", timeout=60)
