@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from vmd.console import MODES, Console, ConsoleError
-from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES
+from vmd.cpu import DEFAULT_TEMPLATE, TEMPLATES, CpuModelError, parse_cpu_model
 from vmd.gdbstub import GdbServer, ListenAddress, ListenError, open_listener, parse_listen_address
 from vmd.limits import (
     SIZE_MIN,
@@ -48,8 +48,9 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="kernel (ELF, bzImage, multiboot, PVH, gzip'd) or BIOS image; default SeaBIOS")
     parser.add_argument("--initrd", metavar="path", help="initial ramdisk / boot module")
     parser.add_argument("--append", default="", metavar="cmdline", help="kernel command line")
-    parser.add_argument("--cpu", default=DEFAULT_TEMPLATE, metavar="template",
-                        help=f"CPU template: {', '.join(TEMPLATES)} (default {DEFAULT_TEMPLATE})")
+    parser.add_argument("--cpu", default=DEFAULT_TEMPLATE, metavar="model",
+                        help=f"CPU model: a template ({', '.join(TEMPLATES)}; default {DEFAULT_TEMPLATE}), then"
+                             " +feature, -feature, vendor=STRING, mce-banks=N, comma-separated")
     parser.add_argument("-p", dest="vcpus", type=int, default=1, metavar="vcpus", help="number of vCPUs")
     parser.add_argument("--console", default="stdio", metavar="stdio|pty", help="where COM1 goes")
     parser.add_argument("--option-rom", action="append", default=[], metavar="path",
@@ -90,8 +91,10 @@ def _spec_from_args(args: argparse.Namespace) -> MachineSpec:
         raise UsageError(f"{args.memory}: memory size too large (maximum {VMM_MAX_VM_MEM_SIZE >> 30}G)") from None
     if rounded:
         print(f"vmd: {args.memory}: memory size rounded to {fmt_scaled(memory)}", file=sys.stderr)
-    if args.cpu not in TEMPLATES:
-        raise UsageError(f"{args.cpu}: unknown CPU template (choose {' or '.join(TEMPLATES)})")
+    try:
+        parse_cpu_model(args.cpu)
+    except CpuModelError as error:
+        raise UsageError(str(error)) from None
     if not 1 <= args.vcpus <= VMM_MAX_VCPUS_PER_VM:
         raise UsageError(f"{args.vcpus}: invalid number of vCPUs (1 to {VMM_MAX_VCPUS_PER_VM})")
     if args.console not in MODES:

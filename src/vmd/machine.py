@@ -15,7 +15,14 @@ from vmd.boot.bios import default_firmware
 from vmd.boot.state import CR0_PG, EFER_LMA, BootError, BootOptions, BootPlan, CpuState, Segment
 from vmd.boot.x86 import write_mptable
 from vmd.console import Console
-from vmd.cpu import DEFAULT_TEMPLATE, check_template, guest_cpuid
+from vmd.cpu import (
+    ALWAYS_AVAILABLE,
+    DEFAULT_TEMPLATE,
+    CpuModelError,
+    guest_cpuid,
+    machine_check_capabilities,
+    parse_cpu_model,
+)
 from vmd.devices.acpi_pm import AcpiPm
 from vmd.devices.base import Bus, ThreadScheduler
 from vmd.devices.debug_exit import DebugExit
@@ -89,7 +96,7 @@ class MachineSpec:
     initrd: str | None = None
     cmdline: str = ""
     vcpus: int = 1
-    cpu: str = DEFAULT_TEMPLATE
+    cpu: str = DEFAULT_TEMPLATE  # a CPU model (vmd.cpu.parse_cpu_model)
     boot_device: str | None = None
     option_roms: list[str] = field(default_factory=list)
     rng: bool = True  # virtio-rng, which vmd gives every VM
@@ -191,7 +198,10 @@ class Machine:
         self._paused = threading.Event()
         self._resume = threading.Condition()
         self.run_loop_name, self._run_loop = ("custom", run_loop) if run_loop else best_run_loop()
-        check_template(spec.cpu)
+        try:
+            self.cpu_model = parse_cpu_model(spec.cpu)
+        except CpuModelError as error:
+            raise MachineError(f"{spec.name}: {error}") from None
         if not 1 <= spec.vcpus <= VMM_MAX_VCPUS_PER_VM:
             raise MachineError(f"{spec.name}: {spec.vcpus} vCPUs: must be 1 to {VMM_MAX_VCPUS_PER_VM}")
         self.memory: GuestMemory | None = None
@@ -204,6 +214,9 @@ class Machine:
         except (KvmError, GuestMemoryError, BootError, DiskError, OSError) as error:
             self.close()
             raise MachineError(str(error)) from None
+        except CpuModelError as error:
+            self.close()
+            raise MachineError(f"{spec.name}: {error}") from None
         except BaseException:
             self.close()
             raise
@@ -293,13 +306,22 @@ class Machine:
         self.console.attach(self.uart.feed)
 
         supported = self.kvm.supported_cpuid()
+        available = ALWAYS_AVAILABLE
+        if self.kvm.check_extension(k.KVM_CAP_TSC_DEADLINE_TIMER) > 0:  # with the in-kernel irqchip, as QEMU
+            available |= {"tsc-deadline"}
+        mce_banks = max(self.kvm.check_extension(k.KVM_CAP_MCE), 0)
+        mcg_supported = self.kvm.mce_cap_supported() if mce_banks else 0
         self.vcpus = []
         for index in range(spec.vcpus):
+            cpuid = guest_cpuid(supported, self.cpu_model, index, spec.vcpus, available)
+            mcg_cap = machine_check_capabilities(self.cpu_model, cpuid, mce_banks, mcg_supported)
             vcpu = self.vm.create_vcpu(index)
-            vcpu.set_cpuid(guest_cpuid(supported, spec.cpu, index, spec.vcpus))
+            self.vcpus.append(vcpu)
+            vcpu.set_cpuid(cpuid)
+            if mcg_cap is not None:  # after KVM_SET_CPUID2, as QEMU's kvm_arch_init_vcpu
+                vcpu.setup_mce(mcg_cap)
             vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRINGS)])
             self._set_lapic_lines(vcpu)
-            self.vcpus.append(vcpu)
         cpu, fallback = self.plan.cpu, self.plan.cpu_fallback
         if fallback is not None and cpu.cr0 & CR0_PG and not cpu.efer & EFER_LMA and not self.kvm.runs_legacy_paging():
             cpu, fallback = fallback, None  # this KVM cannot enter a 32-bit paging mode

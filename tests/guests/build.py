@@ -63,6 +63,9 @@ GUESTS: dict[str, dict] = {
                   src=LIB32 + ["lib/mbstart.S", "src/bench.c"]),
     "acpi": dict(kind="elf", arch=32, ld="flat32.ld", out="acpi.elf",
                  src=LIB32 + ["lib/mbstart.S", "src/acpi.c"]),
+    # prints the CPUID vendor, x2apic and MCE bits and IA32_MCG_CAP (README: "cpuinfo")
+    "cpuinfo": dict(kind="elf", arch=32, ld="flat32.ld", out="cpuinfo.elf",
+                    src=LIB32 + ["lib/mbstart.S", "src/cpuinfo.c"]),
     "openbsd64": dict(kind="elf", arch=64, ld="elf64.ld", out="openbsd64.elf",
                       src=LIB64 + ["lib/start64.S", "src/openbsd64_start.S", "src/openbsd.c"]),
     "openbsd32": dict(kind="elf", arch=32, ld="flat32.ld", out="openbsd32.elf",

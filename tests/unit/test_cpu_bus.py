@@ -2,7 +2,7 @@
 
 import pytest
 
-from vmd.cpu import CpuTemplateError, check_template, guest_cpuid
+from vmd.cpu import CpuModelError, guest_cpuid, parse_cpu_model
 from vmd.devices.base import Bus, BusError
 from vmd.kvm.structs import kvm_cpuid_entry2
 
@@ -29,7 +29,7 @@ def _find(entries: list[kvm_cpuid_entry2], function: int, index: int = 0) -> kvm
 
 
 def test_baseline_hides_xsave_avx_and_cx16() -> None:
-    entries = guest_cpuid(_host(), "baseline", 0, 1)
+    entries = guest_cpuid(_host(), parse_cpu_model("baseline"), 0, 1)
     leaf1 = _find(entries, 1)
     for bit in (13, 26, 27, 28, 29, 12):  # CX16, XSAVE, OSXSAVE, AVX, F16C, FMA
         assert not leaf1.ecx & (1 << bit)
@@ -43,7 +43,7 @@ def test_baseline_hides_xsave_avx_and_cx16() -> None:
 
 
 def test_host_template_keeps_features_and_sets_apic_ids() -> None:
-    entries = guest_cpuid(_host(), "host", 3, 4)
+    entries = guest_cpuid(_host(), parse_cpu_model("host"), 3, 4)
     leaf1 = _find(entries, 1)
     assert leaf1.ecx & (1 << 26)
     assert leaf1.ebx >> 24 == 3
@@ -52,8 +52,8 @@ def test_host_template_keeps_features_and_sets_apic_ids() -> None:
 
 
 def test_unknown_template_is_refused() -> None:
-    with pytest.raises(CpuTemplateError, match="unknown CPU template 'fast'"):
-        check_template("fast")
+    with pytest.raises(CpuModelError, match="^cpu fast: unknown CPU template fast"):
+        parse_cpu_model("fast")
 
 
 def test_bus_dispatches_by_range_and_unclaimed_reads_all_ones() -> None:

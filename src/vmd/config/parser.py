@@ -73,7 +73,6 @@ from vmd.config.instance import InstanceError, check_vm_name, make_instance
 from vmd.config.lexer import Lexer, Macro, Token
 from vmd.config.spec import (
     BOOT_DEVICES,
-    CPU_TEMPLATES,
     RDOMAIN_MAX,
     AllowInstance,
     Config,
@@ -84,6 +83,7 @@ from vmd.config.spec import (
     SwitchSpec,
     VmSpec,
 )
+from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.ether import format_mac, parse_mac
 from vmd.imageformat import file_format
 from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
@@ -779,13 +779,16 @@ class Parser:
             else:
                 vm.vcpus = count
         elif word == "cpu":
-            template = self.string()
+            model = self.string()
             if vm.cpu is not None:
                 self.error(tok, "cpu specified more than once")
-            elif template not in CPU_TEMPLATES:
-                self.error(tok, f"unknown cpu template: {template} (choose {' or '.join(CPU_TEMPLATES)})")
             else:
-                vm.cpu = template
+                try:
+                    parse_cpu_model(model)
+                except CpuModelError as error:
+                    self.error(tok, str(error))
+                else:
+                    vm.cpu = model
         elif word == "initrd":
             path = self.string()
             if vm.initrd is not None:

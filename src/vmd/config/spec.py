@@ -18,7 +18,6 @@ RDOMAIN_MAX = 255  # RT_TABLEID_MAX
 DEFAULT_LOCAL_PREFIX = ipaddress.IPv4Network("100.64.0.0/10")  # vm.conf(5) "local prefix"
 DEFAULT_STAGGER_DELAY = 30  # VMD_DEFAULT_STAGGERED_START_DELAY (vmd.h)
 AGENTX_MASTER_PATH = "/var/agentx/master"
-CPU_TEMPLATES = ("host", "baseline")  # our `cpu` extension; the machine layer's default is "baseline"
 BOOT_DEVICES = ("cdrom", "disk", "net")  # vm.conf(5) "boot device"
 DISK_FORMATS = ("raw", "qcow2")
 
@@ -129,7 +128,7 @@ class VmSpec:
     """`vm name { ... }` or `vm parent instance name { ... }` (vm.conf(5) VM CONFIGURATION).
 
     None/empty means "not given": memory None is the 512M default, kernel None the default BIOS, vcpus None
-    one vCPU, cpu None the machine's default template. nic_count is `interfaces N`; the VM gets
+    one vCPU, cpu None the machine's default CPU model. nic_count is `interfaces N`; the VM gets
     `max(nic_count, len(interfaces))` NICs (see nnics). For an instance declared in vm.conf, the parser
     stores the resolved VM (the parent's settings merged in by instance.make_instance)."""
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.ctl import create as create_mod
 from vmd.ctl import status as status_mod
 from vmd.ctl.client import UNEXPECTED, Client, CtlError, error_text
@@ -393,9 +394,13 @@ def ctl_start(ctx: Context, cmd: Command, args: list[str]) -> int:
                 warnx(f"count is {err}: {val}")
                 raise CtlError(f"invalid vcpu count: {val}")
             a.vcpus = n
-        elif opt == "--cpu":
+        elif opt == "--cpu":  # our extension: a CPU model, checked here before vmd is asked (vmd.cpu)
             if a.cpu is not None:
-                raise CtlError("cpu template specified multiple times")
+                raise CtlError("cpu model specified multiple times")
+            try:
+                parse_cpu_model(val)
+            except CpuModelError as error:
+                raise CtlError(str(error)) from None
             a.cpu = val
         elif opt == "--initrd":
             if a.initrd is not None:
@@ -632,7 +637,7 @@ COMMANDS: tuple[Command, ...] = (
         "start",
         "[-cL] [-B device] [-b path] [-d disk] [-i count]\n"
         "\t\t[-m size] [-n switch] [-r path] [-t name] [-p vcpus]\n"
-        "\t\t[--cpu template] [--initrd path] [--append cmdline] [--gdb] id | name",
+        "\t\t[--cpu model] [--initrd path] [--append cmdline] [--gdb] id | name",
         ctl_start,
     ),
     Command("status", "[-r] [--json] [id]", ctl_status),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.daemon.conf import instance_definition
 from vmd.daemon.control import Client, ControlServer, RequestError
 from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
@@ -838,6 +839,11 @@ def _check_start_fields(fields: dict[str, Any]) -> None:
                 and isinstance(disk.get("read_only", False), bool) for disk in value)
         if not ok:
             raise invalid(key)
+        if key == "cpu":  # vmctl checks the model too; a client that did not is told what is wrong
+            try:
+                parse_cpu_model(value)
+            except CpuModelError as error:
+                raise RequestError("EINVAL", str(error)) from None
 
 
 __all__ = ["Daemon", "Owner"]

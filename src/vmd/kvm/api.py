@@ -99,6 +99,13 @@ class Kvm:
             entries = buffer.entries
             return [k.kvm_cpuid_entry2.from_buffer_copy(entries[i]) for i in range(buffer.nent)]
 
+    def mce_cap_supported(self) -> int:
+        """KVM_X86_GET_MCE_CAP_SUPPORTED: the IA32_MCG_CAP flags KVM_X86_SETUP_MCE accepts (no bank count:
+        that is KVM_CAP_MCE's answer)."""
+        value = ctypes.c_uint64()
+        ioctl_buffer(self.fd, k.KVM_X86_GET_MCE_CAP_SUPPORTED, value, "KVM_X86_GET_MCE_CAP_SUPPORTED")
+        return int(value.value)
+
     def create_vm(self) -> Vm:
         try:
             fd = fcntl.ioctl(self.fd, k.KVM_CREATE_VM, 0)
@@ -231,6 +238,10 @@ class Vcpu:
         for i, entry in enumerate(entries):
             buffer.entries[i] = entry
         ioctl_buffer(self.fd, k.KVM_SET_CPUID2, buffer, "KVM_SET_CPUID2")
+
+    def setup_mce(self, mcg_cap: int) -> None:
+        """KVM_X86_SETUP_MCE: the guest's IA32_MCG_CAP (bank count in bits 7:0), after KVM_SET_CPUID2."""
+        ioctl_buffer(self.fd, k.KVM_X86_SETUP_MCE, ctypes.c_uint64(mcg_cap), "KVM_X86_SETUP_MCE")
 
     def get_lapic(self) -> k.kvm_lapic_state:
         state = k.kvm_lapic_state()

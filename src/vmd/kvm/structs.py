@@ -252,6 +252,8 @@ KVM_SET_CPUID2 = _iow(0x90, ctypes.sizeof(kvm_cpuid2_header))
 KVM_GET_MP_STATE = _ior(0x98, ctypes.sizeof(kvm_mp_state))
 KVM_SET_MP_STATE = _iow(0x99, ctypes.sizeof(kvm_mp_state))
 KVM_SET_GUEST_DEBUG = _iow(0x9B, ctypes.sizeof(kvm_guest_debug))
+KVM_X86_SETUP_MCE = _iow(0x9C, 8)  # vCPU fd, __u64 mcg_cap
+KVM_X86_GET_MCE_CAP_SUPPORTED = _ior(0x9D, 8)  # /dev/kvm fd, __u64
 
 # -- capabilities (KVM_CHECK_EXTENSION) ---------------------------------------------------------------
 KVM_CAP_IRQCHIP = 0
@@ -259,11 +261,13 @@ KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7
 KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_MCE = 31  # returns the most MCE banks KVM emulates (KVM_MAX_MCE_BANKS)
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
 KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the KVM_GUESTDBG_* flags this KVM supports
