@@ -243,8 +243,14 @@ class Machine:
             boot_mac=parse_mac(spec.nics[0].mac) if spec.nics else None,
             acpi=True))
         if self.plan.firmware is not None:
-            rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware, name="vmd-bios")
-            self.vm.add_memory(rom.guest_address, rom.size, self.memory.host_address(rom))
+            # The firmware is ROM, as QEMU's pc.bios: with KVM_MEM_READONLY a guest write there exits as MMIO,
+            # which no device claims, so it is dropped; devices may not DMA into it either (memory.view).
+            read_only = self.kvm.check_extension(k.KVM_CAP_READONLY_MEM) > 0
+            if not read_only:
+                log.info("%s: this KVM has no read-only memory: the firmware's image is writable", spec.name)
+            rom = self.memory.add_region(FOUR_GIB - len(self.plan.firmware), self.plan.firmware,
+                                         read_only=read_only, name="vmd-bios")
+            self.vm.add_memory(rom.guest_address, rom.size, self.memory.host_address(rom), read_only=read_only)
 
         self.scheduler = ThreadScheduler(f"vm/{spec.name}-timers")
         self.pio = Bus("pio")

@@ -149,29 +149,33 @@ class GuestMemory:
             return False
         return True
 
-    def view(self, address: int, length: int) -> memoryview:
-        """A zero-copy view of guest memory [address, address+length); raises GuestMemoryError."""
+    def view(self, address: int, length: int, writable: bool = True) -> memoryview:
+        """A zero-copy view of guest memory [address, address+length); raises GuestMemoryError. A view to
+        write through (writable) is refused in a read-only region (the firmware ROM), as the guest's own
+        writes there are; a view only read from is not."""
         region = self._find(address, length)
+        if writable and region.read_only:
+            raise GuestMemoryError(f"guest range {address:#x}+{length:#x} is read-only memory")
         start = address - region.guest_address
         return region.view[start : start + length]
 
     def read(self, address: int, length: int) -> bytes:
-        return bytes(self.view(address, length))
+        return bytes(self.view(address, length, writable=False))
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         self.view(address, len(data))[:] = data
 
     def read_u8(self, address: int) -> int:
-        return self.view(address, 1)[0]
+        return self.view(address, 1, writable=False)[0]
 
     def read_u16(self, address: int) -> int:
-        return int.from_bytes(self.view(address, 2), "little")
+        return int.from_bytes(self.view(address, 2, writable=False), "little")
 
     def read_u32(self, address: int) -> int:
-        return int.from_bytes(self.view(address, 4), "little")
+        return int.from_bytes(self.view(address, 4, writable=False), "little")
 
     def read_u64(self, address: int) -> int:
-        return int.from_bytes(self.view(address, 8), "little")
+        return int.from_bytes(self.view(address, 8, writable=False), "little")
 
     def write_u8(self, address: int, value: int) -> None:
         self.view(address, 1)[0] = value & 0xFF

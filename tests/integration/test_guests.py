@@ -257,6 +257,8 @@ def test_seabios_finds_memory_through_fw_cfg_and_boots_an_option_rom(vmd_run: Ca
     # RAM from 1 MiB up to (nearly) 64 MiB: SeaBIOS keeps the top pages for the ACPI tables it installs
     match = re.search(r"^memmap 0*100000-([0-9a-f]+) type 1$", result.stdout, re.M)
     assert match and 63 * MiB <= int(match.group(1), 16) <= 64 * MiB, result.stdout
+    # The firmware below 4 GiB is ROM (KVM_MEM_READONLY): a write over its reset vector is lost.
+    assert "ok rom" in result.lines, result.stdout
 
 
 @pytest.mark.parametrize("vcpus", [2, 4])

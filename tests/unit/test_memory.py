@@ -83,6 +83,20 @@ def test_rom_region_cannot_overlap_ram(small: GuestMemory) -> None:
     assert small.read(rom.guest_address, 2) == b"\xea\xea"
 
 
+def test_a_read_only_region_is_read_but_never_written(small: GuestMemory) -> None:
+    rom = small.add_region(FOUR_GIB - 0x1000, b"\xea\x5b\xe0", read_only=True)
+    assert small.read(rom.guest_address, 3) == b"\xea\x5b\xe0"
+    assert small.read_u8(rom.guest_address) == 0xEA
+    assert bytes(small.view(rom.guest_address, 3, writable=False)) == b"\xea\x5b\xe0"
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        small.write(rom.guest_address, b"\x90")
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        small.view(rom.guest_address, 16)  # a view to write through, as a device's DMA takes
+    assert small.read(rom.guest_address, 1) == b"\xea"
+    small.write(0x1000, b"ram")  # RAM stays writable
+    assert small.read(0x1000, 3) == b"ram"
+
+
 @pytest.mark.parametrize("size", [0, 512 * 1024, 129 * GiB, 2 * MiB + 1])
 def test_bad_sizes_are_refused(size: int) -> None:
     with pytest.raises(GuestMemoryError):

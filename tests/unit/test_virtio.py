@@ -23,7 +23,7 @@ from vmd.devices.virtio.pci import (
 )
 from vmd.devices.virtio.queue import QueueError, Virtqueue
 from vmd.devices.virtio.rng import VirtioRng
-from vmd.memory import GuestMemory, MiB
+from vmd.memory import FOUR_GIB, GuestMemory, MiB
 
 from .virtio_driver import AVAIL, DESC, USED, Driver
 
@@ -127,7 +127,7 @@ def test_indirect_descriptors() -> None:
     assert driver.memory.read(back, 3) == b"cba"
 
 
-@pytest.mark.parametrize("case", ["loop", "outside", "head", "nested", "next_and_indirect", "jump"])
+@pytest.mark.parametrize("case", ["loop", "outside", "head", "nested", "next_and_indirect", "jump", "rom"])
 def test_broken_rings_set_needs_reset_and_leave_memory_alone(case: str) -> None:
     driver = Driver(EchoDevice())
     driver.setup(features=F_VERSION_1 | F_INDIRECT_DESC)
@@ -149,6 +149,11 @@ def test_broken_rings_set_needs_reset_and_leave_memory_alone(case: str) -> None:
     elif case == "next_and_indirect":
         struct.pack_into("<QIHH", desc, 0, driver.buffer(16), 16, 4 | 1, 1)
         head = 0
+    elif case == "rom":  # a buffer for the device to write, in the firmware's read-only image
+        rom = driver.memory.add_region(FOUR_GIB - 0x1000, b"\xea" * 16, read_only=True)
+        struct.pack_into("<QIHH", desc, 0, driver.buffer(4), 4, 1, 1)
+        struct.pack_into("<QIHH", desc, 16, rom.guest_address, 16, 2, 0)
+        head = 0
     else:  # the avail index jumps further than the queue holds
         driver.memory.write_u16(AVAIL + 2, 40)
         driver.kick()
@@ -159,6 +164,8 @@ def test_broken_rings_set_needs_reset_and_leave_memory_alone(case: str) -> None:
     driver.kick()
     assert driver.status() & STATUS_NEEDS_RESET
     assert driver.used() == []
+    if case == "rom":
+        assert driver.memory.read(FOUR_GIB - 0x1000, 16) == b"\xea" * 16
     driver.common_write(0x14, 1, 0)  # a reset brings the device back
     assert driver.status() == 0
 

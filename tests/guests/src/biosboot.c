@@ -1,7 +1,9 @@
 /* biosboot: runs from the option ROM's Bootstrap Entry Vector in real mode
  * (compiled with -m16, tiny model at 0x0800:0000). Prints on COM1 directly,
  * checks the boot-time environment (entry CS, caller's stack, IVT and BDA),
- * reads the memory map with INT 15h E820 and reports the RAM total. */
+ * reads the memory map with INT 15h E820 and reports the RAM total, and
+ * checks that the firmware's image below 4 GiB is ROM: a write over its
+ * reset vector (through INT 15h AH=87h, the BIOS's block move) is lost. */
 #include "../lib/lib.h"
 #include "../lib/memmap.h"
 
@@ -58,6 +60,64 @@ static int e820_next(uint32_t *cont, struct e820 *e)
 
 static struct mrange ranges[64];
 
+/* INT 15h AH=87h copies CX words between two 32-bit linear addresses, given as
+ * the source and destination data descriptors (entries 2 and 3) of a 6-entry
+ * GDT at ES:SI; the BIOS fills in the rest (IBM PC AT BIOS reference, SeaBIOS
+ * handle_1587). Our segments all start at 0x8000. */
+static uint8_t move_gdt[48];
+
+static void data_descriptor(uint8_t *d, uint32_t base)
+{
+    d[0] = 0xFF; d[1] = 0xFF;           /* limit 0xFFFF */
+    d[2] = base; d[3] = base >> 8; d[4] = base >> 16;
+    d[5] = 0x93;                        /* present, data, writable, accessed */
+    d[6] = 0;
+    d[7] = base >> 24;
+}
+
+static uint32_t linear(const void *p)
+{
+    return 0x8000 + (uint16_t)(uintptr_t)p;
+}
+
+static int block_move(uint32_t from, uint32_t to, uint16_t words)
+{
+    memset(move_gdt, 0, sizeof move_gdt);
+    data_descriptor(move_gdt + 16, from);
+    data_descriptor(move_gdt + 24, to);
+    uint16_t ax = 0x8700;
+    uint8_t cf;
+    __asm__ volatile("int $0x15\n\tsetc %1"
+                     : "+a"(ax), "=qm"(cf)
+                     : "c"(words), "S"((uint16_t)(uintptr_t)move_gdt)
+                     : "memory", "cc");
+    return cf || (ax >> 8) ? -1 : 0;
+}
+
+#define RESET_VECTOR 0xFFFFFFF0u
+
+static void check_rom(void)
+{
+    static uint8_t before[16], over[16], after[16];
+    if (block_move(RESET_VECTOR, linear(before), 8)) {
+        fail("rom", "INT 15h AH=87h failed reading the reset vector");
+        return;
+    }
+    note("rom reset vector %02x %02x %02x %02x %02x", before[0], before[1], before[2], before[3], before[4]);
+    for (unsigned i = 0; i < sizeof over; i++)
+        over[i] = (uint8_t)~before[i];
+    if (block_move(linear(over), RESET_VECTOR, 8) || block_move(RESET_VECTOR, linear(after), 8)) {
+        fail("rom", "INT 15h AH=87h failed writing the reset vector");
+        return;
+    }
+    if (before[0] != 0xEA)
+        fail("rom", "the reset vector starts %02x, not a far jump (0xEA): the block move did not reach it", before[0]);
+    else if (memcmp(before, after, sizeof after) != 0)
+        fail("rom", "the firmware image took a write: its reset vector now starts %02x", after[0]);
+    else
+        ok("rom");
+}
+
 void bev_main(uint32_t caller_ss, uint32_t caller_sp, uint32_t entry_cs)
 {
     uart_init();
@@ -111,5 +171,6 @@ void bev_main(uint32_t caller_ss, uint32_t caller_sp, uint32_t entry_cs)
     check_memmap("e820", ranges, n, 0);
     note("ram_total %llu", (unsigned long long)ram);
     note("ram_total_mib %llu", (unsigned long long)(ram >> 20));
+    check_rom();
     finish();
 }

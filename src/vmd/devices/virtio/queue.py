@@ -127,9 +127,12 @@ class Virtqueue:
                                 (self.used_addr, 6 + 8 * size)):
             if not self.memory.contains(address, length):
                 raise QueueError(f"queue {self.index}: ring at {address:#x}+{length:#x} is outside guest memory")
-        self.desc = self.memory.view(self.desc_addr, 16 * size)
-        self.avail = self.memory.view(self.avail_addr, 6 + 2 * size)
-        self.used = self.memory.view(self.used_addr, 6 + 8 * size)
+        self.desc = self.memory.view(self.desc_addr, 16 * size, writable=False)
+        self.avail = self.memory.view(self.avail_addr, 6 + 2 * size, writable=False)
+        try:
+            self.used = self.memory.view(self.used_addr, 6 + 8 * size)
+        except GuestMemoryError:
+            raise QueueError(f"queue {self.index}: used ring at {self.used_addr:#x} is in read-only memory") from None
         self.event_idx = event_idx
         self.ready = True
 
@@ -177,10 +180,10 @@ class Virtqueue:
                     raise QueueError(f"queue {self.index}: indirect descriptor with NEXT")
                 if length == 0 or length % 16 or length // 16 > MAX_INDIRECT:
                     raise QueueError(f"queue {self.index}: bad indirect table length {length}")
-                table = self._guest(address, length)
+                table = self._guest(address, length, writable=False)
                 table_size, index, indirect, seen, limit = length // 16, 0, True, 0, length // 16
                 continue
-            view = self._guest(address, length)
+            view = self._guest(address, length, writable=bool(flags & VIRTQ_DESC_F_WRITE))
             if flags & VIRTQ_DESC_F_WRITE:
                 chain.writable.append(view)
             else:
@@ -193,11 +196,12 @@ class Virtqueue:
                 raise QueueError(f"queue {self.index}: next {following} out of range")
             index = following
 
-    def _guest(self, address: int, length: int) -> memoryview:
+    def _guest(self, address: int, length: int, writable: bool) -> memoryview:
         try:
-            return self.memory.view(address, length)
-        except GuestMemoryError:
-            raise QueueError(f"queue {self.index}: buffer {address:#x}+{length:#x} is outside guest memory") from None
+            return self.memory.view(address, length, writable)
+        except GuestMemoryError as error:
+            where = "in read-only memory" if self.memory.contains(address, length) else "outside guest memory"
+            raise QueueError(f"queue {self.index}: buffer {address:#x}+{length:#x} is {where}") from error
 
     # -- the used ring --------------------------------------------------------------------------------
     def push(self, head: int, written: int) -> None:
