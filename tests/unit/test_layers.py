@@ -91,7 +91,7 @@ def _graph() -> dict[str, set[str]]:
 
 def test_the_graph_is_read_from_the_source() -> None:
     graph = _graph()
-    assert "vmd.machine" in graph and "vmd.devices.virtio.blk" in graph["vmd.machine"]
+    assert "vmd.machine.board" in graph and "vmd.devices.virtio.blk" in graph["vmd.machine.board"]
     assert "vmd.vmchannel" in graph["vmd.daemon.supervisor"]
 
 
