@@ -21,6 +21,13 @@ VM_DEFAULT_MEMORY = 512 << 20  # vmd.h
 
 VM_MAGIC_QCOW = b"QFI\xfb"  # vmd.h; the first four bytes of a qcow2 image
 
+# What one guest request may hold (no OpenBSD name: virtio.c trusts its fixed queue sizes). A virtqueue chain
+# longer or larger is a broken ring (DEVICE_NEEDS_RESET), so no device ever joins or walks more than this.
+IOV_MAX = 1024  # Linux UIO_MAXIOV: the most buffers one readv, writev or preadv takes
+VIRTQ_MAX_CHAIN_BUFFERS = IOV_MAX  # buffers in one descriptor chain, direct and indirect ones together
+VIRTQ_MAX_CHAIN_BYTES = 512 << 20  # above any request a device here takes: virtio-blk's seg_max x size_max
+# is 254 MiB
+
 
 def valid_vm_name(name: str) -> bool:
     """vmd.c vm_register(): not empty, only ASCII letters, digits, '.', '-' and '_', and not starting with

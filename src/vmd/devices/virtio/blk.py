@@ -160,9 +160,10 @@ class VirtioBlk(VirtioDevice):
         if kind in (T_DISCARD, T_WRITE_ZEROES):
             if self.read_only:
                 return done(S_IOERR)
-            payload = b"".join(bytes(v) for v in data_out)
-            if not payload or len(payload) % SEGMENT.size or len(payload) // SEGMENT.size > MAX_DISCARD_SEG:
+            size = sum(len(v) for v in data_out)  # checked before anything is copied: at most 32 segments
+            if not size or size % SEGMENT.size or size // SEGMENT.size > MAX_DISCARD_SEG:
                 return done(S_IOERR)
+            payload = b"".join(bytes(v) for v in data_out)
             for start, count, flags in SEGMENT.iter_unpack(payload):
                 if count > MAX_DISCARD_SECTORS or not self._in_range(start, count * SECTOR) or flags & ~SEGMENT_UNMAP:
                     return done(S_UNSUPP if flags & ~SEGMENT_UNMAP else S_IOERR)

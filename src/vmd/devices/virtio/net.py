@@ -60,6 +60,7 @@ from typing import Protocol
 
 from vmd.devices.virtio.pci import VirtioDevice, VirtioPciTransport
 from vmd.devices.virtio.queue import Chain, QueueError, Virtqueue, copy_into
+from vmd.limits import IOV_MAX
 
 log = logging.getLogger("vmd.virtio.net")
 
@@ -99,7 +100,6 @@ ETH_ALEN = 6
 MAX_FRAME = ETH_HLEN + 4 + 1500  # a full, VLAN-tagged frame at the default MTU
 MAX_GSO_FRAME = 65562 - HDR_SIZE  # 5.1.6.3: 65562-byte buffers when the driver takes GSO packets
 SCRATCH_SIZE = 1 << 17  # catches whatever does not fit the guest's buffers (anything a tap can produce)
-IOV_MAX = 1024
 RX_IOV = IOV_MAX - 1  # guest buffers in one readv, leaving room for the scratch buffer
 RX_BUDGET = 64  # packets per event-thread callback
 TX_BUDGET = 128  # chains per run before yielding to other events
@@ -381,8 +381,8 @@ class VirtioNet(VirtioDevice):
         if length < HDR_SIZE:
             raise QueueError(f"transmit chain of {length} bytes has no virtio-net header (5.1.6.2)")
         head = _read_at(views, 0, HDR_SIZE + ETH_HLEN)
-        if length < HDR_SIZE + ETH_HLEN or not self._tx_header_ok(head[0], head[1]):
-            self.stats.tx_dropped += 1
+        if not HDR_SIZE + ETH_HLEN <= length <= HDR_SIZE + MAX_GSO_FRAME or not self._tx_header_ok(head[0], head[1]):
+            self.stats.tx_dropped += 1  # no frame is larger than a GSO packet (5.1.6.2): nothing is copied
             return
         if self.locked and head[HDR_SIZE + ETH_ALEN : HDR_SIZE + 2 * ETH_ALEN] != self.mac:
             self.stats.tx_dropped += 1  # vm.conf "locked lladdr": the guest may not use another address
@@ -393,10 +393,7 @@ class VirtioNet(VirtioDevice):
                 self._inject(reply)
                 return
         try:
-            if len(views) <= IOV_MAX:
-                os.writev(self.tap_fd, views)
-            else:
-                os.write(self.tap_fd, b"".join(views))
+            os.writev(self.tap_fd, views)  # at most IOV_MAX buffers: the queue refuses longer chains
         except OSError as error:
             self.stats.tx_dropped += 1
             if self.stats.tx_dropped == 1 or self.stats.tx_dropped % 10000 == 0:

@@ -2,8 +2,10 @@
 
 Everything here comes from a guest and is checked: ring addresses and sizes, descriptor indexes, addresses
 and lengths against guest memory, chain lengths (at most the queue size, so loops end), indirect tables
-(2.7.5.3: one level, a whole number of descriptors, never combined with NEXT). A violation raises
-QueueError; the device then sets DEVICE_NEEDS_RESET (2.1.2) and stops using the queue.
+(2.7.5.3: one level, a whole number of descriptors, never combined with NEXT), and what one chain holds:
+at most VIRTQ_MAX_CHAIN_BUFFERS buffers (IOV_MAX: one readv takes them all) and VIRTQ_MAX_CHAIN_BYTES bytes,
+direct and indirect descriptors counted together. A violation raises QueueError; the device then sets
+DEVICE_NEEDS_RESET (2.1.2) and stops using the queue.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+from vmd.limits import VIRTQ_MAX_CHAIN_BUFFERS, VIRTQ_MAX_CHAIN_BYTES
 from vmd.memory import GuestMemory, GuestMemoryError
 
 # Descriptor flags (2.7.5)
@@ -168,6 +171,7 @@ class Virtqueue:
         seen = 0
         indirect = False
         limit = size
+        buffers = total = 0
         while True:
             seen += 1
             if seen > limit:
@@ -183,6 +187,12 @@ class Virtqueue:
                 table = self._guest(address, length, writable=False)
                 table_size, index, indirect, seen, limit = length // 16, 0, True, 0, length // 16
                 continue
+            buffers += 1
+            total += length
+            if buffers > VIRTQ_MAX_CHAIN_BUFFERS:
+                raise QueueError(f"queue {self.index}: chain of more than {VIRTQ_MAX_CHAIN_BUFFERS} buffers")
+            if total > VIRTQ_MAX_CHAIN_BYTES:
+                raise QueueError(f"queue {self.index}: chain of more than {VIRTQ_MAX_CHAIN_BYTES >> 20} MiB")
             view = self._guest(address, length, writable=bool(flags & VIRTQ_DESC_F_WRITE))
             if flags & VIRTQ_DESC_F_WRITE:
                 chain.writable.append(view)

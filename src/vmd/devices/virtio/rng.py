@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from vmd.devices.virtio.pci import VirtioDevice
 from vmd.devices.virtio.queue import Virtqueue
+
+log = logging.getLogger("vmd.devices")
 
 VIRTIO_ID_RNG = 4
 MAX_REQUEST = 64 * 1024  # bytes served per buffer chain, so one request cannot monopolise the thread
@@ -31,7 +34,11 @@ class VirtioRng(VirtioDevice):
                     break
                 views.append(view[:room])
                 room -= len(views[-1])
-            written = os.readv(self._random, views) if views else 0
+            try:
+                written = os.readv(self._random, views) if views else 0
+            except OSError as error:  # never out of queue_notify: the chain goes back, empty
+                log.warning("virtio-rng: reading %s failed: %s", "/dev/urandom", error.strerror)
+                written = 0
             queue.push(chain.head, written)
         self.transport.interrupt(queue)
 
