@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 MODES = ("stdio", "pty")
+READ_SIZE = 4096  # console input read at a time
+FLOW_POLL = 0.02  # seconds between looks at a full UART backlog
 
 
 class ConsoleError(Exception):
@@ -33,6 +35,7 @@ class Console:
         self.mode = mode
         self.path: str | None = None
         self._feed: Callable[[bytes], None] | None = None
+        self._room: Callable[[], int] | None = None
         self._saved_termios: list[Any] | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -62,10 +65,11 @@ class Console:
         self._reader = threading.Thread(target=self._read_loop, name="console-input", daemon=True)
         self._reader.start()
 
-    def attach(self, feed: Callable[[bytes], None] | None) -> None:
-        """Send typed bytes to feed (the UART's receive side) from now on."""
+    def attach(self, feed: Callable[[bytes], None] | None, room: Callable[[], int] | None = None) -> None:
+        """Send typed bytes to feed (the UART's receive side) from now on. room() says how many more it
+        takes: while it is 0, input stays in the pty (whose writer then blocks), never in our memory."""
         with self._lock:
-            self._feed = feed
+            self._feed, self._room = feed, room
 
     def write(self, data: bytes) -> None:
         """Guest output. A pty nobody reads drops what does not fit, as a real line with no listener would."""
@@ -85,10 +89,16 @@ class Console:
         import select
 
         while not self._closed:
+            with self._lock:
+                room_of = self._room
+            room = room_of() if room_of is not None else READ_SIZE
+            if room <= 0:
+                time.sleep(FLOW_POLL)  # the guest is not reading: leave the input where it is
+                continue
             try:
                 if self.mode == "pty":
                     select.select([self.input_fd], [], [], 0.5)
-                data = os.read(self.input_fd, 4096)
+                data = os.read(self.input_fd, min(READ_SIZE, room))
             except BlockingIOError:
                 continue
             except OSError as error:

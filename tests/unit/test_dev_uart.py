@@ -271,3 +271,49 @@ def test_random_accesses_never_raise(ops: list[tuple[str, int, int, int]]) -> No
             sched.advance(value / 1e9)
         # the line level always matches IIR
         assert irq.level == (not uart._iir() & 1)
+
+
+def test_console_input_stops_at_the_pty_while_the_guest_does_not_read() -> None:
+    # A guest that never reads (a paused VM) and a user pasting without end: the UART holds at most
+    # INPUT_BACKLOG bytes, the rest stays in the pty until the writer blocks; nothing is lost once the
+    # guest reads again. (200 MiB typed into a paused VM used to take its process from 20 to 225 MB.)
+    import os
+    import time
+
+    from vmd.console import Console
+    from vmd.devices.uart import FIFO_SIZE, INPUT_BACKLOG
+
+    sched = ManualScheduler()
+    uart, _irq, _ = make(sched)
+    wr(uart, FCR, 0x07)
+    console = Console("pty")
+    console.attach(uart.feed, uart.input_room)
+    slave = os.open(console.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)  # the user's terminal
+    try:
+        typed = bytearray()
+        deadline = time.monotonic() + 20
+        stalls = 0
+        while stalls < 20 and time.monotonic() < deadline:  # until the pty refuses more, for a while
+            chunk = bytes((len(typed) + i) & 0x7F for i in range(4096))
+            try:
+                typed += chunk[: os.write(slave, chunk)]
+                stalls = 0
+            except BlockingIOError:
+                stalls += 1
+                time.sleep(0.05)
+        assert stalls >= 20, "the pty never pushed back"
+        held = len(uart._backlog) + len(uart._rx)
+        assert held <= INPUT_BACKLOG + FIFO_SIZE, held
+        assert len(typed) > held  # the rest is in the pty, not in our memory
+        got = bytearray()
+        deadline = time.monotonic() + 30
+        while len(got) < len(typed) and time.monotonic() < deadline:  # the guest reads it all, in order
+            while rd(uart, LSR) & 1:
+                got.append(rd(uart, RBR))
+            sched.advance(0)
+            if not rd(uart, LSR) & 1:
+                time.sleep(0.01)
+        assert bytes(got) == bytes(typed)
+    finally:
+        os.close(slave)
+        console.close()

@@ -20,7 +20,9 @@ Model choices (the host side is fast, so transmission is instantaneous):
   transmit FIFO would.  Without a scheduler it is re-armed at once.
 - Receive: a 16-byte FIFO (1 byte in 16450 mode, FCR bit 0 clear).  ``feed()`` puts host input in the FIFO;
   what does not fit waits in a host-side backlog, so nothing is dropped and OE is only seen in loopback
-  mode.  When the guest empties the FIFO, the next backlog burst moves in from the scheduler
+  mode.  The backlog is bounded (INPUT_BACKLOG): ``input_room()`` tells the console how much more it may
+  read, so a guest that does not read (or is paused) stops the typing at the pty, as hardware flow control
+  stops a sender.  When the guest empties the FIFO, the next backlog burst moves in from the scheduler
   (``call_later(0)``), so the IRQ line falls and rises between bursts (the PIC input is edge-triggered).
   The character-timeout interrupt (IIR 0xC, datasheet 8.4 table IV) is
   raised when data below the trigger level has sat for about four character times at the programmed baud
@@ -93,6 +95,7 @@ MSR_DCD = 0x80
 MSR_IDLE = MSR_DCD | MSR_DSR | MSR_CTS
 
 FIFO_SIZE = 16
+INPUT_BACKLOG = 64 * 1024  # host input the UART holds for a guest that is not reading
 CLOCK_HZ = 115200  # 1.8432 MHz / 16
 MAX_TIMEOUT = 0.020
 
@@ -126,6 +129,11 @@ class Uart16550:
         self._refill_timer: Timer | None = None
 
     # -- host side ------------------------------------------------------------------------------------
+
+    def input_room(self) -> int:
+        """How many more bytes of host input the backlog takes; the console reads no more than this."""
+        with self._lock:
+            return max(0, INPUT_BACKLOG - len(self._backlog))
 
     def feed(self, data: bytes) -> None:
         """Host input (console keystrokes): into the RX FIFO, the rest into the backlog."""

@@ -126,7 +126,7 @@ class Board:
         self.fw_cfg = FwCfg(memory)
         self._fill_fw_cfg()
         self.pio.add_pio(FW_CFG_PORT, 12, self.fw_cfg)
-        console.attach(self.uart.feed)
+        console.attach(self.uart.feed, self.uart.input_room)
 
     def _virtio_net(self, nic: NicSpec) -> VirtioNet:
         from vmd.net.dhcp import DhcpResponder
