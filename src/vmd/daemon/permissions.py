@@ -79,36 +79,35 @@ class AccessDenied(Exception):
 
 
 def check_file_access(path: str, peer: Peer, write: bool = False) -> None:
-    """vm_checkaccess: the file must be a regular file the peer could open (owner, group, other bits)."""
-    try:
-        info = os.stat(path)
-    except OSError as error:
-        raise AccessDenied(f"{path}: {error.strerror}") from None
-    _check_info(info, path, peer, write)
+    """vm_checkaccess: the file must be a regular file the peer can open. Checked by opening it as the peer
+    (open_checked), never by a stat as root: what the peer learns is what its own open(2) would tell it."""
+    os.close(open_checked(path, peer, write))
 
 
 def open_checked(path: str, peer: Peer, write: bool = False) -> int:
-    """Open path for vmd's use on behalf of peer, checking the very file it opens (vmd opens, then fstats).
+    """Open path for vmd's use on behalf of peer: the open is the peer's own, so the kernel decides with
+    the peer's user and groups, POSIX ACLs and LSMs included, and its error is the one the peer would get.
 
-    The path is resolved once, with O_PATH (which neither opens a device nor blocks on a FIFO) and with the
-    peer's own user and groups, so directories the peer cannot search stay closed to it; that inode is
-    checked as check_file_access does, then reopened through /proc/self/fd. A symlink the user swaps after
-    the check cannot point vmd, running as root, at another file."""
+    The path is resolved once, with O_PATH (which neither opens a device nor blocks on a FIFO), and must
+    name a regular file; that very inode is then opened through /proc/self/fd, still as the peer. A symlink
+    the user swaps in between cannot point vmd, running as root, at another file."""
     try:
         with _credentials_of(peer):
             handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    raise AccessDenied(f"{path}: not a regular file")
+                flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY
+                return os.open(f"/proc/self/fd/{handle}", flags)
+            finally:
+                os.close(handle)
     except OSError as error:
         raise AccessDenied(f"{path}: {error.strerror}") from None
-    try:
-        _check_info(os.fstat(handle), path, peer, write)
-        return os.open(f"/proc/self/fd/{handle}", (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY)
-    finally:
-        os.close(handle)
 
 
 @contextlib.contextmanager
 def _credentials_of(peer: Peer) -> Iterator[None]:
-    """Take the peer's effective user, group and groups for path resolution, as the kernel checks them.
+    """Take the peer's effective user, group and groups for the open, as the kernel checks them.
 
     vmd's parent is single-threaded, and set*id change every thread anyway; root's ids are restored after."""
     if peer.is_root or os.geteuid() != 0:
@@ -124,20 +123,3 @@ def _credentials_of(peer: Peer) -> Iterator[None]:
         os.seteuid(0)
         os.setegid(0)
         os.setgroups(saved_groups)
-
-
-def _check_info(info: os.stat_result, path: str, peer: Peer, write: bool) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise AccessDenied(f"{path}: not a regular file")
-    if peer.is_root:
-        return
-    need_read, need_write = stat.S_IROTH, stat.S_IWOTH if write else 0
-    mode = info.st_mode
-    if info.st_uid == peer.uid:
-        allowed = (mode >> 6) & 7
-    elif info.st_gid in peer.groups:
-        allowed = (mode >> 3) & 7
-    else:
-        allowed = mode & 7
-    if (allowed & need_read) != need_read or (allowed & need_write) != need_write:
-        raise AccessDenied(f"{path}: Permission denied")
