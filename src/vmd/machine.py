@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmd.acpi_layout import PM_BASE, PM_LENGTH, SCI_IRQ
 from vmd.boot import acpi, load_kernel
@@ -53,6 +55,7 @@ from vmd.guest_debug import GuestDebug
 from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu
+from vmd.kvm.stats import KvmStatsError, VcpuStats
 from vmd.limits import VMM_MAX_VCPUS_PER_VM
 from vmd.memory import FOUR_GIB, LAPIC_ADDRESS, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, GuestMemoryError
 from vmd.platform import KvmIrqLine, MachinePlatform, start_pit
@@ -273,11 +276,15 @@ class Machine:
         if spec.rng:
             self._add_virtio(VirtioRng(), pci_routes)
         self.disk_slots: list[int] = []
+        self.blk_devices: list[VirtioBlk] = []
         for index, disk in enumerate(spec.disks):
             image = disk.open()
-            self.disk_slots.append(self._add_virtio(VirtioBlk(image, serial=f"vd{index}"), pci_routes))
+            self.blk_devices.append(VirtioBlk(image, serial=f"vd{index}"))
+            self.disk_slots.append(self._add_virtio(self.blk_devices[-1], pci_routes))
+        self.net_devices: list[VirtioNet] = []
         for nic in spec.nics:
-            self._add_virtio(self._virtio_net(nic), pci_routes)
+            self.net_devices.append(self._virtio_net(nic))
+            self._add_virtio(self.net_devices[-1], pci_routes)
         self.cdrom_slot: int | None = None
         if spec.cdrom is not None:
             self.cdrom_slot = self._add_virtio(VirtioScsiCdrom(spec.cdrom.open()), pci_routes)
@@ -322,6 +329,11 @@ class Machine:
                 vcpu.setup_mce(mcg_cap)
             vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRINGS)])
             self._set_lapic_lines(vcpu)
+        self._vcpu_stats: list[VcpuStats] = []
+        try:
+            self._vcpu_stats = [VcpuStats(vcpu.fd) for vcpu in self.vcpus]
+        except KvmStatsError as error:  # a kernel before 5.14: the metrics go without KVM's exit counts
+            log.info("%s: no KVM statistics: %s", spec.name, error)
         cpu, fallback = self.plan.cpu, self.plan.cpu_fallback
         if fallback is not None and cpu.cr0 & CR0_PG and not cpu.efer & EFER_LMA and not self.kvm.runs_legacy_paging():
             cpu, fallback = fallback, None  # this KVM cannot enter a 32-bit paging mode
@@ -576,6 +588,38 @@ class Machine:
             return  # a connected debugger gets to look at it (the vCPU parks; resuming runs it again)
         self.finish(Outcome("error", status=1, message=message))
 
+    # -- statistics ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The counters vmd's metrics and `vmctl status --json` show (the "stats" message, vmproc.py): each
+        vCPU thread's CPU time, KVM's exit counts summed over the vCPUs, and each disk's and NIC's counters.
+        Called from the VM process's control thread while the guest runs: it only reads."""
+        vcpu_ns = []
+        for thread in list(self._threads):
+            ident = thread.ident
+            try:
+                vcpu_ns.append(time.clock_gettime_ns(time.pthread_getcpuclockid(ident)) if ident else 0)
+            except (OSError, ProcessLookupError):  # the thread has ended (the VM is stopping)
+                vcpu_ns.append(0)
+        total, exits = 0, dict[str, int]()
+        for counters in list(self._vcpu_stats):
+            try:
+                values = counters.exits()
+            except OSError:  # closed under us: the VM is stopping
+                continue
+            for name, value in values.items():
+                if name == "exits":
+                    total += value
+                else:
+                    reason = name.removesuffix("_exits")
+                    exits[reason] = exits.get(reason, 0) + value
+        return {
+            "vcpu_ns": vcpu_ns,
+            "kvm_exits_total": total,
+            "kvm_exits": exits,
+            "disks": [vars(device.stats).copy() for device in self.blk_devices],
+            "nics": [vars(device.stats).copy() for device in self.net_devices],
+        }
+
     # -- teardown ------------------------------------------------------------------------------------
     def close(self) -> None:
         if self.debug is not None:
@@ -590,6 +634,9 @@ class Machine:
         if getattr(self, "events", None) is not None:
             self.events.stop()
             self.events = None  # type: ignore[assignment]
+        for counters in getattr(self, "_vcpu_stats", []):
+            counters.close()
+        self._vcpu_stats = []
         for vcpu in getattr(self, "vcpus", []):
             vcpu.close()
         self.vcpus = []

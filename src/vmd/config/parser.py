@@ -93,7 +93,14 @@ from vmd.config.spec import (
 from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.ether import format_mac, parse_mac
 from vmd.imageformat import file_format
-from vmd.limits import IFNAME_MAX, UNIX_PATH_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
+from vmd.limits import (
+    IFNAME_MAX,
+    UNIX_PATH_MAX,
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
+)
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
