@@ -194,3 +194,23 @@ def test_connections_are_bounded_and_time_out(vmd: Vmd) -> None:
             sock.close()
     head = _http(path, b"HEAD /metrics HTTP/1.0\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 ") and head.endswith(b"\r\n\r\n")
+
+
+def test_reload_moves_and_stops_the_endpoint(vmd: Vmd) -> None:
+    first, second = f"{vmd.socket_dir}/metrics.sock", f"{vmd.socket_dir}/other.sock"
+    config = vmd.config.read_text()
+    vmd.config.write_text(config.replace(first, second))
+    assert vmd.vmctl("reload").returncode == 0
+    assert not Path(first).exists()
+    assert _http(second, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+    vmd.config.write_text(config.replace(f'metrics socket "{first}"', "metrics socket relative"))
+    assert vmd.vmctl("reload").returncode != 0  # a broken file changes nothing
+    assert _http(second, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+    vmd.config.write_text(config.replace(f'metrics socket "{first}"', ""))
+    assert vmd.vmctl("reload").returncode == 0
+    assert not Path(second).exists()
+    vmd.config.write_text(config.replace(first, "/nonexistent-dir/metrics.sock"))
+    assert vmd.vmctl("reload").returncode == 0  # an endpoint that cannot listen is logged; vmd runs on
+    assert vmd.alive() and vmd.vmctl("status").returncode == 0
+    assert "metrics: cannot listen on /nonexistent-dir/metrics.sock: No such file or directory" in \
+        vmd.log.read_text()
