@@ -42,8 +42,9 @@ def vmd(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Vmd]:
         f.truncate((4096 + 8 * ROUNDS) * 512)
     daemon = Vmd(tmp_path, "")
     daemon.config.write_text(_config(guests, disk, f"{daemon.socket_dir}/metrics.sock"))
-    daemon.start()
+    daemon.start()  # returns once the control socket is there; the metrics socket comes right after it
     try:
+        _wait("the metrics socket", lambda: Path(daemon.socket_dir, "metrics.sock").exists(), timeout=10)
         yield daemon
     finally:
         daemon.stop()

@@ -167,28 +167,36 @@ def _exchange(loop: Loop, path: str, data: bytes, seconds: float = 0.3) -> bytes
 
 def test_server_answers_later_and_never_with_a_traceback(tmp_path: Path) -> None:
     loop = Loop()
-    pending: list[Callable[[bytes], None]] = []
+    pending: list[Callable[[], None]] = []
+    rows: list[dict[str, Any]] = [{"id": 1, "name": "x", "owner": "root", "state": "stopped", "vcpus": 1,
+                                   "maxmem": 1 << 20, "stats": None}]
     server = MetricsServer(MetricsSpec(socket=str(tmp_path / "m.sock")), loop.selector, loop.call_later,
-                           pending.append)
+                           pending.append, lambda: rows)
     try:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(str(tmp_path / "m.sock"))
         client.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
         loop.pump(0.1)
         assert len(pending) == 1  # the answer waits for the VMs' counters
-        pending[0](b"x 1\n")
+        pending[0]()
         loop.pump(0.1)
-        assert client.recv(1000).endswith(b"\r\n\r\nx 1\n")
+        answer = client.recv(10000)
+        assert answer.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert b'\nvmd_vm_vcpus{id="1",name="x",owner="root"} 1.0\n' in answer
         client.close()
         loop.pump(0.1)
         assert server.connections == set()
 
-        def broken(reply: Callable[[bytes], None]) -> None:
+        def broken(done: Callable[[], None]) -> None:
             raise RuntimeError("bug")
 
-        server.produce = broken
+        server.refresh = broken
         answer = _exchange(loop, str(tmp_path / "m.sock"), b"GET / HTTP/1.0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.0 500 Internal Server Error\r\n") and b"bug" not in answer
+        server.refresh = lambda done: done()
+        rows.append({"id": 2})  # a row the exposition cannot take: a bug of ours, answered 500 too
+        answer = _exchange(loop, str(tmp_path / "m.sock"), b"GET / HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 500 Internal Server Error\r\n") and b"Traceback" not in answer
     finally:
         server.close()
     assert not (tmp_path / "m.sock").exists()
@@ -198,7 +206,7 @@ def test_server_bounds_connections_and_times_them_out(tmp_path: Path, monkeypatc
     monkeypatch.setattr("vmd.daemon.metrics.TIMEOUT", 0.3)
     loop = Loop()
     path = str(tmp_path / "m.sock")
-    server = MetricsServer(MetricsSpec(socket=path), loop.selector, loop.call_later, lambda reply: reply(b""))
+    server = MetricsServer(MetricsSpec(socket=path), loop.selector, loop.call_later, lambda done: done(), list)
     try:
         idle = []
         for _ in range(MAX_CONNECTIONS):
@@ -221,18 +229,18 @@ def test_server_refuses_a_path_that_is_no_socket(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(MetricsError, match=r"^metrics: cannot listen on .*/file: exists and is not a socket$"):
         MetricsServer(MetricsSpec(socket=str(tmp_path / "file")), selectors.DefaultSelector(), Loop().call_later,
-                      lambda reply: None)
+                      lambda done: None, list)
 
 
 def test_server_listens_on_tcp() -> None:
     loop = Loop()
     server = MetricsServer(MetricsSpec(address="127.0.0.1", port=0), loop.selector, loop.call_later,
-                           lambda reply: reply(b"ok 1\n"))
+                           lambda done: done(), list)
     try:
         client = socket.create_connection(server.sock.getsockname())
         client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
         loop.pump(0.2)
-        assert client.recv(1000).endswith(b"ok 1\n")
+        assert client.recv(1000).startswith(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4")
         client.close()
     finally:
         server.close()

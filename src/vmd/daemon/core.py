@@ -19,7 +19,7 @@ from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.daemon.conf import instance_definition
 from vmd.daemon.control import Client, ControlServer, RequestError
 from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
-from vmd.daemon.metrics import MetricsError, MetricsServer, render
+from vmd.daemon.metrics import MetricsError, MetricsServer
 from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
 from vmd.daemon.registry import (
     PAUSED,
@@ -279,14 +279,12 @@ class Daemon:
         if spec is None:
             return
         try:
-            self.metrics = MetricsServer(spec, self.selector, self.call_later, self._scrape, group)
+            self.metrics = MetricsServer(spec, self.selector, self.call_later, self.refresh_stats,
+                                         lambda: self.status_rows(stats=True), group)
         except MetricsError as error:
             log.warning("%s", error)
             return
         log.info("metrics on %s", spec.describe())
-
-    def _scrape(self, reply: Callable[[bytes], None]) -> None:
-        self.refresh_stats(lambda: reply(render(self.status_rows(stats=True))))
 
     def cmd_start(self, client: Client, request: dict[str, Any]) -> None:
         peer = client.peer

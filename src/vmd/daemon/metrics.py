@@ -102,7 +102,8 @@ def render(rows: list[dict[str, Any]]) -> bytes:
 
 # -- HTTP -----------------------------------------------------------------------------------------------------
 
-Producer = Callable[[Callable[[bytes], None]], None]  # produce(reply): reply(body) now or later
+Refresh = Callable[[Callable[[], None]], None]  # refresh(done): done() once the VMs' counters are in (or later)
+Rows = Callable[[], list[dict[str, Any]]]  # the status rows, with their stats
 Timers = Callable[[float, Callable[[], None]], Any]  # call_later(delay, callback) -> a timer with cancel()
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -159,13 +160,14 @@ class _Connection:
 class MetricsServer:
     """The listening socket and its scrapes, on the daemon's selector and timers."""
 
-    def __init__(self, spec: Any, selector: selectors.BaseSelector, call_later: Timers, produce: Producer,
-                 group: int = 0) -> None:
+    def __init__(self, spec: Any, selector: selectors.BaseSelector, call_later: Timers, refresh: Refresh,
+                 rows: Rows, group: int = 0) -> None:
         """spec: a config.MetricsSpec. Raises MetricsError when it cannot listen there."""
         self.spec = spec
         self.selector = selector
         self.call_later = call_later
-        self.produce = produce
+        self.refresh = refresh
+        self.rows = rows
         self.connections: set[_Connection] = set()
         self.path: str | None = spec.socket
         try:
@@ -265,15 +267,22 @@ class MetricsServer:
             return
         self._stop_reading(client)
         head = method == "HEAD"
-
-        def reply(body: bytes) -> None:
-            self._answer(client, http_response(200, body, CONTENT_TYPE, head=head))
-
         try:
-            self.produce(reply)
+            self.refresh(lambda: self._reply(client, head))
+        except Exception:  # never a traceback to the scraper, nor vmd down
+            log.exception("metrics: asking the VMs for their counters failed")
+            self._answer(client, http_response(500))
+
+    def _reply(self, client: _Connection, head: bool) -> None:
+        if client.closed:
+            return
+        try:
+            body = render(self.rows())
         except Exception:  # never a traceback to the scraper, nor vmd down
             log.exception("metrics: rendering failed")
             self._answer(client, http_response(500))
+            return
+        self._answer(client, http_response(200, body, CONTENT_TYPE, head=head))
 
     def _stop_reading(self, client: _Connection) -> None:
         """While the answer is being made (the VMs asked for their counters), the connection is not polled."""
