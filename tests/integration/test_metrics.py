@@ -44,10 +44,20 @@ def vmd(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Vmd]:
     daemon.config.write_text(_config(guests, disk, f"{daemon.socket_dir}/metrics.sock"))
     daemon.start()  # returns once the control socket is there; the metrics socket comes right after it
     try:
-        _wait("the metrics socket", lambda: Path(daemon.socket_dir, "metrics.sock").exists(), timeout=10)
+        _wait("the metrics socket", lambda: _listening(f"{daemon.socket_dir}/metrics.sock"), timeout=10)
         yield daemon
     finally:
         daemon.stop()
+
+
+def _listening(path: str) -> bool:
+    """The socket is there and listens (between its bind and its listen, a connect is refused)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _http(path: str, request: bytes, timeout: float = 10) -> bytes:
@@ -177,6 +187,7 @@ def test_bad_requests_get_an_http_error(vmd: Vmd, request_bytes: bytes, status: 
 
 def test_connections_are_bounded_and_time_out(vmd: Vmd) -> None:
     path = f"{vmd.socket_dir}/metrics.sock"
+    time.sleep(0.5)  # the fixture's probe connection is gone by now
     idle = []
     for _ in range(4):  # MAX_CONNECTIONS scrapers that send nothing
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
