@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from vmd.limits import UNIX_PATH_MAX
+
 log = logging.getLogger("vmd.gdb")
 
 MAX_PACKET = 0x4000  # the largest packet we take (qSupported PacketSize), payload bytes between $ and #
@@ -734,7 +736,6 @@ class GdbServer:
 # -- where to listen ----------------------------------------------------------------------------------------------
 
 DEFAULT_HOST = "127.0.0.1"  # as QEMU's -gdb tcp::1234 would be reachable by anyone; we stay local by default
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 HOST_MAX = 253
 
 

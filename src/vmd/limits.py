@@ -13,6 +13,7 @@ VM_MAX_NICS_PER_VM = 4  # vmd.h
 VMM_MAX_VCPUS_PER_VM = 64  # vmm.h (OpenBSD's kernel still runs one vCPU; KVM runs them all)
 
 VM_NAME_MAX = 63  # VMM_MAX_NAME_LEN (vmm.h) is 64 bytes including the NUL
+UNIX_PATH_MAX = 107  # sun_path (sys/un.h) is 108 bytes with the terminating NUL, on Linux as on OpenBSD
 IFNAME_MAX = 15  # IF_NAMESIZE (OpenBSD) and IFNAMSIZ (Linux) are 16 bytes including the NUL
 
 SIZE_MIN = 1 << 20  # parse_size() in parse.y and vmctl's main.c: "size must be at least 1MB" (no named constant)

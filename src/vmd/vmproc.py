@@ -6,8 +6,9 @@ disk and its backing files, the CD-ROM image, the taps, and the GDB stub's liste
 It builds the machine while still root (/dev/kvm, guest memory), then drops to the unprivileged user vmd
 names, with no new privileges, and runs the guest. It holds nothing but what it was handed.
 
-Messages to vmd: {"event": "running"}, then {"event": "exit", "kind", "status", "message"}.
-Messages from vmd: {"command": "pause" | "unpause" | "shutdown" | "terminate"}.
+Messages to vmd: {"event": "running"}, then {"event": "exit", "kind", "status", "message"}; and for each
+{"command": "stats"}, one {"event": "stats", "stats": Machine.stats()} (the counters of vmd's metrics).
+Messages from vmd: {"command": "pause" | "unpause" | "shutdown" | "terminate" | "stats"}.
 Exit status: 0 after a poweroff or a stop, EXIT_REBOOT after a guest reboot, 1 after a failure.
 """
 
@@ -108,6 +109,16 @@ def _commands(sock: socket.socket, machine: Machine) -> None:
                 machine.stop("shutdown requested")
         elif command == "terminate":
             machine.stop("terminated")
+        elif command == "stats":  # answered from this thread: the vCPUs and the devices do not wait for it
+            try:
+                stats = machine.stats()
+            except Exception:  # the machine is being torn down: vmd goes without this VM's counters
+                log.debug("stats failed", exc_info=True)
+                stats = {}
+            try:
+                send_message(sock, {"event": "stats", "stats": stats})
+            except OSError:
+                return
 
 
 def vm_process(control_fd: int) -> int:

@@ -88,6 +88,31 @@ class NetVmd:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _nic_stats(vmd: NetVmd, name: str) -> dict[str, object]:
+    stats = vmd.status()[name]["stats"]
+    assert isinstance(stats, dict), stats
+    (nic,) = stats["nics"]
+    return nic  # type: ignore[no-any-return]
+
+
+def _scrape(path: str) -> dict[str, float]:
+    """The NIC samples of the metrics endpoint on a Unix socket, by name (one VM with one NIC)."""
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    body = answer.partition(b"\r\n\r\n")[2].decode()
+    return {s.name: s.value for family in text_string_to_metric_families(body) for s in family.samples
+            if s.name.startswith("vmd_nic_")}
+
+
 def _links(netns: str) -> dict[str, dict[str, object]]:
     shown = _ip("-n", netns, "-d", "-j", "link", "show")
     return {link["ifname"]: link for link in json.loads(shown.stdout or "[]")}
@@ -95,7 +120,9 @@ def _links(netns: str) -> dict[str, dict[str, object]]:
 
 def test_local_interface_dhcp_ping_both_ways_and_cleanup(netns: str, guests: dict[str, Path]) -> None:
     guest = guests["virtio_net"]
-    vmd = NetVmd(netns, f"""vm "net1" {{
+    metrics = tempfile.mktemp(prefix="vmdt-metrics-", dir="/tmp")
+    vmd = NetVmd(netns, f"""metrics socket "{metrics}"
+vm "net1" {{
     disable
     memory 32M
     boot "{guest}"
@@ -119,6 +146,15 @@ def test_local_interface_dhcp_ping_both_ways_and_cleanup(netns: str, guests: dic
         ping = subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "3", "-W", "2", "100.64.1.3"],
                               capture_output=True, text=True)
         assert ping.returncode == 0, ping.stdout + ping.stderr
+        # the NIC's counters (vmd(8), "Metrics"): the lease, the guest's ping and the host's three
+        vmd.vmctl("pause", "net1")
+        nic = _nic_stats(vmd, "net1")
+        assert nic["interface"] == tap
+        assert nic["tx_packets"] >= 5 and nic["rx_packets"] >= 5, nic  # DHCP, ARP, echo requests and replies
+        assert nic["tx_bytes"] > 60 * 5 and nic["rx_bytes"] > 60 * 5, nic
+        scraped = _scrape(metrics)
+        for key in ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped"):
+            assert scraped[f"vmd_nic_{key}_total"] == nic[key], key
         assert vmd.vmctl("stop", "-f", "-w", "net1").returncode == 0
         assert tap not in _links(netns)  # the tap went with the VM
     finally:

@@ -147,10 +147,16 @@ def test_status_of_an_unknown_vm_succeeds_when_others_exist(vmd: Callable[[Handl
 
 
 def test_status_json(vmd: Callable[[Handler], FakeVmd], capsys: pytest.CaptureFixture[str]) -> None:
-    vmd(lambda req: ok(vms=[VM1]))
+    stats = {"vcpu_seconds": [0.5], "kvm_exits_total": 3, "kvm_exits": {"io": 1}, "rss_bytes": 4096, "disks": [],
+             "nics": []}
+    server = vmd(lambda req: ok(vms=[dict(VM1, stats=stats)]))
     rc, out, err = run(capsys, "status", "--json")
     assert (rc, err) == (0, "")
-    assert json.loads(out) == [VM1]
+    assert json.loads(out) == [dict(VM1, stats=stats)]  # the counters the metrics endpoint shows, as they came
+    assert server.requests == [{"version": 1, "command": "status", "running_only": False, "stats": True}]
+    # the table asks for no counters, and shows none
+    assert run(capsys, "status")[1] == HEADER + "    1  4242     1    512M    100M   pts/7         root  running vm1\n"
+    assert server.requests[1] == {"version": 1, "command": "status", "running_only": False}
 
 
 def test_status_filters_client_side(vmd: Callable[[Handler], FakeVmd], capsys: pytest.CaptureFixture[str]

@@ -279,6 +279,9 @@ def test_blk_reads_writes_flushes_and_reports_its_id(disk: Path) -> None:
     assert status == S_IOERR
     status, _ = _blk_request(driver, 99, 0, b"", head=0)
     assert status == S_UNSUPP
+    # vmd's metrics: what completed, and the two requests that failed (the read past the end, the unknown type)
+    assert vars(device.stats) == {"reads": 1, "read_bytes": 1024, "writes": 1, "write_bytes": 512, "flushes": 1,
+                                  "errors": 2}
     device.close()
 
 

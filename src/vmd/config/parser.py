@@ -16,7 +16,8 @@ Linux:
   (< 16 characters, not ending in a digit).
 * `sev` / `seves` (AMD SEV through OpenBSD's psp(4)) are errors: "sev is not supported on Linux KVM". Running
   the guest without the encryption it asked for would be worse than refusing it.
-* `agentx` is parsed and checked, then ignored with a warning: vmd on Linux has no AgentX subagent.
+* `agentx` is parsed and checked, then ignored with a warning: vmd on Linux has no AgentX subagent. Its
+  Linux equivalent is our `metrics` statement (below).
 * Paths: relative paths in `include`, `boot`, `disk`, `cdrom`, `initrd` are taken relative to the directory
   of the file that names them (vmd opens them relative to its working directory, `/` once it is a daemon).
   A missing included file is "failed to include file %s"; an include loop is an error instead of running out
@@ -49,6 +50,11 @@ Friendlier than parse.y (the config files that vmd accepts mean the same here):
 * Staggered start: `parallel` must be at least 1 and `delay` not negative.
 * A VM with nothing to boot (no boot image, disk or cdrom) is an error here, as vmd's vm_register refuses it.
 
+Our global extension (a word, not a keyword, so a macro named `metrics` still works):
+  `metrics socket "path"` or `metrics listen address port N`: the Prometheus text endpoint vmd serves (off
+  without it); the address is an IPv4 or IPv6 literal, the port 1 to 65535, the path absolute and at most
+  UNIX_PATH_MAX bytes; given at most once.
+
 Our extensions, inside a `vm { }` block (words, not keywords, so macros of these names still work):
   `vcpus N` (1..64), `cpu host|baseline` (the CPU template), `initrd path`, `append "kernel command line"`,
   `gdb [wait]` (a GDB stub on a Unix socket; wait: the guest waits for the debugger at its first instruction);
@@ -78,6 +84,7 @@ from vmd.config.spec import (
     Config,
     DiskSpec,
     InterfaceSpec,
+    MetricsSpec,
     OwnerSpec,
     ParseResult,
     SwitchSpec,
@@ -86,7 +93,14 @@ from vmd.config.spec import (
 from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.ether import format_mac, parse_mac
 from vmd.imageformat import file_format
-from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
+from vmd.limits import (
+    IFNAME_MAX,
+    UNIX_PATH_MAX,
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
+)
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
@@ -429,7 +443,12 @@ class Parser:
         elif tok.is_keyword("include"):
             self.include()
         elif tok.kind == lx.STRING:
-            self.varset()
+            name_tok = self.advance()
+            if name_tok.value == "metrics" and not self.peek().is_char("="):
+                self.metrics(name_tok)
+                self.end_of_statement()
+            else:
+                self.varset(name_tok)
         elif tok.is_keyword("local") or tok.is_keyword("socket") or tok.is_keyword("agentx") \
                 or tok.is_keyword("staggered"):
             self.main()
@@ -465,9 +484,8 @@ class Parser:
         self._open_files.append(real)
         self.lexer.push(path, text)
 
-    def varset(self) -> None:
-        """name = value (parse.y `varset`); a -D macro keeps its value (symset persist)."""
-        name_tok = self.advance()
+    def varset(self, name_tok: Token) -> None:
+        """name = value (parse.y `varset`), from the = on; a -D macro keeps its value (symset persist)."""
         self.expect_char("=")
         value_tok = self.peek()
         if value_tok.kind == lx.STRING:
@@ -530,7 +548,7 @@ class Parser:
                         self.error(opt, "agentx context too large")
                     else:
                         g.agentx.context = value
-                elif len(value) > 107:  # sun_path
+                elif len(value) > UNIX_PATH_MAX:
                     self.error(opt, "agentx path too large")
                 elif not value.startswith("/"):
                     self.error(opt, "agentx path is not absolute")
@@ -549,6 +567,44 @@ class Parser:
                 self.error(tok, f"invalid staggered start delay: {delay}")
             else:
                 g.staggered_start, g.parallel, g.delay = True, parallel, delay
+
+    def metrics(self, tok: Token) -> None:
+        """metrics socket "path" | metrics listen address port N (ours: the Prometheus endpoint)."""
+        g = self.config.globals
+        how = self.peek()
+        if how.is_keyword("socket"):
+            self.advance()
+            path = self.single_string()
+            spec = MetricsSpec(socket=path)
+            if not path.startswith("/"):
+                self.error(tok, f"metrics socket path is not absolute: {path}")
+                return
+            if len(os.fsencode(path)) > UNIX_PATH_MAX:
+                self.error(tok, f"metrics socket path too long (at most {UNIX_PATH_MAX} bytes)")
+                return
+        elif how.kind == lx.STRING and how.value == "listen":
+            self.advance()
+            address = self.single_string()
+            port_word = self.peek()
+            if not (port_word.kind == lx.STRING and port_word.value == "port"):
+                self.fail(port_word)
+            self.advance()
+            port = self.number()
+            try:
+                address = str(ipaddress.ip_address(address))
+            except ValueError:
+                self.error(tok, f"invalid metrics address: {address}")
+                return
+            if not 1 <= port <= 65535:
+                self.error(tok, f"invalid metrics port: {port}")
+                return
+            spec = MetricsSpec(address=address, port=port)
+        else:
+            self.fail(how)
+        if g.metrics is not None:
+            self.error(tok, "metrics specified more than once")
+            return
+        g.metrics = spec
 
     def owner_id(self) -> OwnerSpec | None:
         """parse.y `owner_id`: uid | user | user:group | :group. None after an error."""

@@ -180,6 +180,23 @@ class AgentxSpec:
 
 
 @dataclass
+class MetricsSpec:
+    """`metrics socket "path"` or `metrics listen address port N` (our extension, standing in for agentx): the
+    Prometheus text endpoint vmd serves. Exactly one of socket and (address, port) is set."""
+
+    socket: str | None = None
+    address: str | None = None
+    port: int | None = None
+
+    def describe(self) -> str:
+        """Where it listens, for messages: the socket's path, or address:port ([v6]:port)."""
+        if self.socket is not None:
+            return self.socket
+        host = f"[{self.address}]" if self.address and ":" in self.address else str(self.address)
+        return f"{host}:{self.port}"
+
+
+@dataclass
 class GlobalSpec:
     """The global settings of vm.conf(5).
 
@@ -196,6 +213,7 @@ class GlobalSpec:
     parallel: int = field(default_factory=default_parallelism)
     delay: int = DEFAULT_STAGGER_DELAY
     agentx: AgentxSpec = field(default_factory=AgentxSpec)
+    metrics: MetricsSpec | None = None  # None: no metrics endpoint (the default)
 
 
 @dataclass

@@ -304,7 +304,8 @@ def ctl_status(ctx: Context, cmd: Command, args: list[str]) -> int:
         raise Usage(cmd)
     # the whole list, as vmctl asks for it (get_info_vm): the exit status depends on every VM, not only on
     # the one named (vmctl.c print_vm_info)
-    resp = ctx.client().request("status", running_only=running_only)
+    # --json: with each running VM's counters ("stats"), the ones the metrics endpoint shows
+    resp = ctx.client().request("status", running_only=running_only, **({"stats": True} if as_json else {}))
     if not resp["ok"]:
         raise CtlError(fail_text(resp))
     vms = resp.get("vms")

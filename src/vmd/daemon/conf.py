@@ -91,6 +91,7 @@ def load_definitions(path: str, macros: dict[str, str], explicit: bool) -> tuple
         switches=list(config.switches),
         local_prefix=glob.local_prefix,
         local_prefix6=prefix6,
+        metrics=glob.metrics,
     )
     return [definition_from_spec(vm) for vm in config.vms], settings
 

@@ -19,6 +19,7 @@ from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.daemon.conf import instance_definition
 from vmd.daemon.control import Client, ControlServer, RequestError
 from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
+from vmd.daemon.metrics import MetricsError, MetricsServer
 from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
 from vmd.daemon.registry import (
     PAUSED,
@@ -33,6 +34,7 @@ from vmd.daemon.registry import (
     VmEntry,
 )
 from vmd.daemon.settings import ConfigError, Settings
+from vmd.daemon.stats import clean_report, vm_stats
 from vmd.daemon.supervisor import VM_USER, Terminal, VmProcess, describe_exit, spawn
 from vmd.firmware import find_bios
 from vmd.limits import (
@@ -51,6 +53,8 @@ RESTART_LIMIT = 3  # VM_START_RATE_LIMIT: a 3rd restart each within 6 s is refus
 RESTART_WINDOW = 6.0  # VM_START_RATE_SEC
 STOP_TIMEOUT = 30.0  # vmd's own shutdown (SIGTERM): how long VMs get before they are forced
 STOP_REQUEST_TIMEOUT = 125.0  # vmctl stop: past vmmci's 120 s for a guest that acknowledged, then force
+STATS_FRESH = 0.2  # a VM's counters younger than this are not asked for again (scrapes close together)
+STATS_TIMEOUT = 1.0  # how long a status --json or a scrape waits for the VMs' counters
 ROOT_ONLY = {"load", "reload", "reset", "log"}
 ROOT_PEER = Peer(0, 0, 0, frozenset({0}))  # opens a file as vmd itself: only "a regular file" is checked
 
@@ -97,6 +101,9 @@ class Daemon:
         self._quit_deadline: float | None = None
         self._net: Any = None  # vmd.net.NetworkManager, made when first needed (switches or taps)
         self.control = ControlServer(socket_path, self.selector, self.handle_request)
+        self.metrics: MetricsServer | None = None
+        self._stats_waiters: list[Callable[[], None]] = []
+        self._stats_timer: _Timer | None = None
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._signal_r, selectors.EVENT_READ, self._on_signal)
 
@@ -125,6 +132,7 @@ class Daemon:
         if replace:  # load only adds VMs (vmd_reload(0, file)); reload takes the file's global settings too
             self.settings = settings
             self.control.set_group(settings.socket_group)
+            self._set_metrics(settings.metrics, settings.socket_group)
         if settings.switches or (replace and self._net is not None):
             try:
                 if replace:  # reload: switches that went or changed are taken down, new ones set up
@@ -187,15 +195,25 @@ class Daemon:
         return entry
 
     def cmd_status(self, client: Client, request: dict[str, Any]) -> None:
+        target, running_only = request.get("target"), bool(request.get("running_only"))
+        if not request.get("stats"):
+            client.respond({"vms": self.status_rows(target, running_only)})
+            return
+        # vmctl status --json: with each running VM's counters, asked for now (as a scrape asks)
+        self.refresh_stats(lambda: client.respond({"vms": self.status_rows(target, running_only, stats=True)}))
+
+    def status_rows(self, target: object = None, running_only: bool = False,
+                    stats: bool = False) -> list[dict[str, Any]]:
+        """The VMs as `status` lists them; with stats, each row's counters under "stats" (daemon/stats.py),
+        the same snapshot the metrics endpoint renders."""
         rows = []
-        target = request.get("target")
         for entry in self.registry.ordered():
             if target not in (None, "") and not (str(entry.id) == str(target) or entry.name == target):
                 continue
-            if request.get("running_only") and not entry.running:
+            if running_only and not entry.running:
                 continue
             process = entry.process
-            rows.append({
+            row: dict[str, Any] = {
                 "id": entry.id,
                 "pid": process.pid if process else None,
                 "vcpus": entry.definition.vcpus,
@@ -205,8 +223,68 @@ class Daemon:
                 "owner": entry.owner_text(),
                 "state": entry.state,
                 "name": entry.name,
-            })
-        client.respond({"vms": rows})
+            }
+            if stats:
+                row["stats"] = None if process is None else vm_stats(
+                    process.stats, process.rss_bytes(), [str(d.get("path", "")) for d in entry.definition.disks],
+                    [str(getattr(tap, "ifname", "")) for tap in entry.taps])
+            rows.append(row)
+        return rows
+
+    # -- counters from the VM processes ---------------------------------------------------------------
+    def refresh_stats(self, done: Callable[[], None]) -> None:
+        """Ask every running VM process for its counters (unless they are fresh), and call done() when all
+        have answered or STATS_TIMEOUT has passed. One request per VM at a time: a VM process that does not
+        answer is asked again only after it has."""
+        now = time.monotonic()
+        for entry in self.registry.entries.values():
+            process = entry.process
+            if process is None or not process.running or process.stats_asked is not None:
+                continue
+            if now - process.stats_time >= STATS_FRESH:
+                process.stats_asked = now
+                process.send("stats")
+        if not self._stats_awaited():
+            done()
+            return
+        self._stats_waiters.append(done)
+        if self._stats_timer is None:
+            self._stats_timer = self.call_later(STATS_TIMEOUT, self._stats_answered)
+
+    def _stats_awaited(self) -> bool:
+        now = time.monotonic()
+        return any(entry.process is not None and entry.process.stats_asked is not None
+                   and now - entry.process.stats_asked < STATS_TIMEOUT for entry in self.registry.entries.values())
+
+    def _stats_answered(self) -> None:
+        """Every VM asked has answered, or the time is up: the waiting requests and scrapes get their rows."""
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+            self._stats_timer = None
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for done in waiters:
+            try:
+                done()
+            except Exception:  # one failing answer must not keep the others waiting
+                log.exception("answering with the VMs' counters failed")
+
+    def _set_metrics(self, spec: Any, group: int) -> None:
+        """vm.conf `metrics`: start, move or stop the endpoint; one that cannot listen is logged, vmd runs on."""
+        if self.metrics is not None and self.metrics.spec == spec:
+            self.metrics.set_group(group)
+            return
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if spec is None:
+            return
+        try:
+            self.metrics = MetricsServer(spec, self.selector, self.call_later, self.refresh_stats,
+                                         lambda: self.status_rows(stats=True), group)
+        except MetricsError as error:
+            log.warning("%s", error)
+            return
+        log.info("metrics on %s", spec.describe())
 
     def cmd_start(self, client: Client, request: dict[str, Any]) -> None:
         peer = client.peer
@@ -523,6 +601,12 @@ class Daemon:
             entry.start_waiters.clear()
         elif event == "exit":
             process.outcome = message
+        elif event == "stats":
+            process.stats = clean_report(message.get("stats"))
+            process.stats_time = time.monotonic()
+            process.stats_asked = None
+            if self._stats_waiters and not self._stats_awaited():
+                self._stats_answered()
 
     def _vm_exit(self, entry: VmEntry, process: VmProcess) -> None:
         for fd in (process.sock, process.pidfd):
@@ -543,6 +627,8 @@ class Daemon:
                 process.outcome = event
         code = process.reap()
         entry.process = None
+        if self._stats_waiters and not self._stats_awaited():  # it was the one the counters waited for
+            self._stats_answered()
         self._close_interfaces(entry)
         if entry.stop_timer is not None:
             entry.stop_timer.cancel()
@@ -791,6 +877,9 @@ class Daemon:
                 timeout = 0.5 if timeout is None else min(timeout, 0.5)
             for key, mask in self.selector.select(timeout):
                 key.data(mask)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         self.control.shutdown()
 
 

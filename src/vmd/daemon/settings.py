@@ -18,6 +18,7 @@ class Settings:
     switches: list[Any] = field(default_factory=list)  # config.SwitchSpec
     local_prefix: Any = None  # IPv4Network; None: vm.conf's default
     local_prefix6: Any = None  # IPv6Network when `local inet6` is on
+    metrics: Any = None  # config.MetricsSpec: where the Prometheus endpoint listens; None: off
 
 
 class ConfigError(Exception):

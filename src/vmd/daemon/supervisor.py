@@ -78,6 +78,9 @@ class VmProcess:
     popen: subprocess.Popen[bytes]
     outcome: dict[str, Any] = field(default_factory=dict)
     running: bool = False
+    stats: dict[str, Any] | None = None  # its last "stats" report, checked (daemon/stats.py)
+    stats_time: float = float("-inf")  # when it came (time.monotonic())
+    stats_asked: float | None = None  # when the request now outstanding went out; None: none is
 
     def send(self, command: str) -> None:
         try:
@@ -109,12 +112,20 @@ class VmProcess:
 
     def resident_guest_bytes(self) -> int | None:
         """CURMEM: guest memory resident in the VM process (its shared memfd pages)."""
+        return self._status_bytes("RssShmem:")
+
+    def rss_bytes(self) -> int | None:
+        """The VM process's whole resident set: guest memory and vmd's own (the metrics' RSS)."""
+        return self._status_bytes("VmRSS:")
+
+    def _status_bytes(self, field_name: str) -> int | None:
+        """A `kB` field of /proc/<pid>/status, in bytes."""
         try:
             text = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
             return None
         for line in text.splitlines():
-            if line.startswith("RssShmem:"):
+            if line.startswith(field_name):
                 return int(line.split()[1]) * 1024
         return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from vmd.boot import load_kernel
 from vmd.boot.bios import default_firmware
@@ -156,6 +157,19 @@ class Machine:
     def unpause(self) -> None:
         if self.vcpus is not None:
             self.vcpus.unpause()
+
+    # -- statistics ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The counters vmd's metrics and `vmctl status --json` show (the "stats" message, vmproc.py): each
+        vCPU thread's CPU time, KVM's exit counts summed over the vCPUs, and each disk's and NIC's counters.
+        Called from the VM process's control thread while the guest runs: it only reads."""
+        vcpus, board = self.vcpus, self.board
+        found: dict[str, Any] = {"vcpu_ns": [], "kvm_exits_total": 0, "kvm_exits": {}, "disks": [], "nics": []}
+        if vcpus is not None:
+            found.update(vcpus.stats())
+        if board is not None:
+            found.update(board.device_stats())
+        return found
 
     # -- teardown ------------------------------------------------------------------------------------
     def close(self) -> None:

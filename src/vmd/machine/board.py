@@ -61,6 +61,8 @@ class Board:
                  finish: Callable[[Outcome], None], ioeventfd_any_length: bool) -> None:
         self.spec, self.memory, self.plan, self.console, self._finish = spec, memory, plan, console, finish
         self.virtio: list[VirtioPciTransport] = []
+        self.blk_devices: list[VirtioBlk] = []  # for their counters (stats)
+        self.net_devices: list[VirtioNet] = []
         self.scheduler: ThreadScheduler | None = ThreadScheduler(f"vm/{spec.name}-timers")
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
@@ -97,9 +99,11 @@ class Board:
         self.disk_slots: list[int] = []
         for index, disk in enumerate(spec.disks):
             image = disk.open()
-            self.disk_slots.append(self._add_virtio(VirtioBlk(image, serial=f"vd{index}"), pci_routes))
+            self.blk_devices.append(VirtioBlk(image, serial=f"vd{index}"))
+            self.disk_slots.append(self._add_virtio(self.blk_devices[-1], pci_routes))
         for nic in spec.nics:
-            self._add_virtio(self._virtio_net(nic), pci_routes)
+            self.net_devices.append(self._virtio_net(nic))
+            self._add_virtio(self.net_devices[-1], pci_routes)
         self.cdrom_slot: int | None = None
         if spec.cdrom is not None:
             self.cdrom_slot = self._add_virtio(VirtioScsiCdrom(spec.cdrom.open()), pci_routes)
@@ -199,6 +203,11 @@ class Board:
         if self.vmmci is not None and self.vmmci.request_shutdown():
             return True
         return self.acpi_pm.press_power_button()
+
+    def device_stats(self) -> dict[str, list[dict[str, int]]]:
+        """Each disk's and NIC's counters, copied (read while the guest runs)."""
+        return {"disks": [vars(device.stats).copy() for device in self.blk_devices],
+                "nics": [vars(device.stats).copy() for device in self.net_devices]}
 
     def close(self) -> None:
         """Stop the timers and the event loop and release the devices (their disks and taps)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from vmd.boot.state import CR0_PG, EFER_LMA, BootPlan, CpuState, Segment
@@ -17,6 +18,7 @@ from vmd.guest_debug import GuestDebug
 from vmd.guest_virt import describe_code
 from vmd.kvm import structs as k
 from vmd.kvm.api import Kvm, KvmError, Vcpu, Vm
+from vmd.kvm.stats import KvmStatsError, VcpuStats
 from vmd.machine.spec import MachineError, Outcome
 from vmd.memory import LAPIC_ADDRESS, GuestMemory
 from vmd.vcpu_loop import RunLoop
@@ -101,6 +103,11 @@ class Vcpus:
                 vcpu.setup_mce(mcg_cap)
             vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRINGS)])
             self._set_lapic_lines(vcpu)
+        self._stats: list[VcpuStats] = []
+        try:
+            self._stats = [VcpuStats(vcpu.fd) for vcpu in self.vcpus]
+        except KvmStatsError as error:  # a kernel before 5.14: the metrics go without KVM's exit counts
+            log.info("%s: no KVM statistics: %s", name, error)
         cpu, fallback = plan.cpu, plan.cpu_fallback
         if fallback is not None and cpu.cr0 & CR0_PG and not cpu.efer & EFER_LMA and not kvm.runs_legacy_paging():
             cpu, fallback = fallback, None  # this KVM cannot enter a 32-bit paging mode
@@ -250,7 +257,34 @@ class Vcpus:
             return  # a connected debugger gets to look at it (the vCPU parks; resuming runs it again)
         self._finish(Outcome("error", status=1, message=message))
 
+    # -- statistics ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, object]:
+        """Each vCPU thread's CPU time and KVM's exit counts summed over the vCPUs (read while they run)."""
+        vcpu_ns = []
+        for thread in list(self._threads):
+            ident = thread.ident
+            try:
+                vcpu_ns.append(time.clock_gettime_ns(time.pthread_getcpuclockid(ident)) if ident else 0)
+            except (OSError, ProcessLookupError):  # the thread has ended (the VM is stopping)
+                vcpu_ns.append(0)
+        total, exits = 0, dict[str, int]()
+        for counters in list(self._stats):
+            try:
+                values = counters.exits()
+            except OSError:  # closed under us: the VM is stopping
+                continue
+            for name, value in values.items():
+                if name == "exits":
+                    total += value
+                else:
+                    reason = name.removesuffix("_exits")
+                    exits[reason] = exits.get(reason, 0) + value
+        return {"vcpu_ns": vcpu_ns, "kvm_exits_total": total, "kvm_exits": exits}
+
     def close(self) -> None:
+        for counters in self._stats:
+            counters.close()
+        self._stats = []
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus = []
