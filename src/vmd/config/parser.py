@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
 from vmd.config import lexer as lx
-from vmd.config.instance import InstanceError, check_vm_name, make_instance
+from vmd.config.instance import InstanceError, make_instance
 from vmd.config.lexer import Lexer, Macro, Token
 from vmd.config.spec import (
     BOOT_DEVICES,
@@ -86,7 +86,14 @@ from vmd.config.spec import (
 from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.ether import format_mac, parse_mac
 from vmd.imageformat import file_format
-from vmd.limits import IFNAME_MAX, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX, VMM_MAX_VCPUS_PER_VM
+from vmd.limits import (
+    IFNAME_MAX,
+    VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM,
+    VM_NAME_MAX,
+    VMM_MAX_VCPUS_PER_VM,
+    check_vm_name,
+)
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 
 PATH_MAX = 4095  # Linux PATH_MAX (4096) without the NUL
