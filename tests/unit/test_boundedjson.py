@@ -93,3 +93,20 @@ def test_the_vm_channel_refuses_deep_and_long_messages() -> None:
             receive_message(ours)
         theirs.send(b'{"event": "running"}')
         assert receive_message(ours) == ({"event": "running"}, [])
+
+
+def test_vmd_drops_a_bad_message_from_a_vm_process_and_logs_it_once(caplog: pytest.LogCaptureFixture) -> None:
+    """supervisor.read_event: a bad message is {} (ignored, the channel goes on), logged once per process."""
+    from vmd.daemon.supervisor import VmProcess
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        process = VmProcess(4242, -1, ours, None)  # type: ignore[arg-type]
+        for _ in range(5):
+            theirs.send(b"[" * 1000)
+            assert process.read_event() == {}
+        theirs.send(b'{"event": "running"}')
+        assert process.read_event() == {"event": "running"}
+        theirs.close()
+        assert process.read_event() is None
+    assert [r.getMessage() for r in caplog.records] == ["vm process 4242: invalid message: nested too deeply"]

@@ -137,12 +137,12 @@ class ControlServer:
         except OSError:
             return None
 
-    def _warn(self, key: str, message: str, *args: object) -> None:
-        """A warning a client can cause again and again: at most one line per LOG_INTERVAL."""
+    def _warn(self, key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """A line a client can cause again and again: at most one for each key per LOG_INTERVAL."""
         now = time.monotonic()
         if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
             self._logged[key] = now
-            log.warning(message, *args)
+            log.log(level, message, *args)
 
     def _accept_guarded(self, mask: int) -> None:
         try:
@@ -166,7 +166,7 @@ class ControlServer:
                 return
             if self._out_of_fds:
                 self._out_of_fds = False
-                log.info("accepting connections again")
+                self._warn("accepting", "accepting connections again", level=logging.INFO)
             self._admit(conn)
 
     def _accept_without_fds(self, error: OSError) -> bool:
