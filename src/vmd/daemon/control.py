@@ -190,7 +190,7 @@ class ControlServer:
             self._pause()
             return False
         if conn is not None:
-            if _peer_ids(conn)[1] == 0 and self._evict_for_root():
+            if _peer_uid(conn) == 0 and self._evict_for_root():
                 self._admit(conn)  # in the place of the client just closed
             else:
                 _refuse(conn, TOO_MANY)
@@ -239,7 +239,11 @@ class ControlServer:
         """A new connection, within the limits: CONTROL_CLIENTS_PER_UID for each user and CONTROL_CLIENTS_MAX
         in all for users other than root; root's connections are not counted (only descriptors bound them)."""
         conn.setblocking(False)
-        pid, uid, gid = _peer_ids(conn)
+        try:
+            pid, uid, gid = _peer_ids(conn)
+        except OSError:
+            conn.close()
+            return
         if uid != 0:
             if self.per_uid[uid] >= CONTROL_CLIENTS_PER_UID or sum(self.per_uid.values()) >= CONTROL_CLIENTS_MAX:
                 self._warn(f"cap{uid}", "uid %d: too many connections, refusing more", uid)
@@ -398,6 +402,13 @@ def _peer_ids(conn: socket.socket) -> tuple[int, int, int]:
     """SO_PEERCRED: (pid, uid, gid)."""
     pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return pid, uid, gid
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    try:
+        return _peer_ids(conn)[1]
+    except OSError:
+        return None
 
 
 def _refuse(conn: socket.socket, error: RequestError) -> None:
