@@ -120,3 +120,20 @@ def test_bottom_modules_import_nothing_above_them(module: Path, allowed: set[str
         elif isinstance(node, ast.Import):
             imported |= {a.name for a in node.names}
     assert {m for m in imported if m == "vmd" or m.startswith("vmd.")} == allowed
+
+
+def test_every_json_read_goes_through_the_bounded_decoder() -> None:
+    """json.loads on another process's text raised RecursionError out of vmd's loop (issue 9): only
+    vmd.boundedjson may call it."""
+    calls = []
+    for path in _sources():
+        if path == SRC / "boundedjson.py":
+            continue
+        for node in ast.walk(_tree(path)):
+            if (isinstance(node, ast.Attribute) and node.attr in ("loads", "load") and isinstance(node.value, ast.Name)
+                    and node.value.id == "json"):
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "json" and \
+                    {a.name for a in node.names} & {"loads", "load", "JSONDecoder"}:
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert calls == []
