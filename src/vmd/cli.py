@@ -16,10 +16,9 @@ from vmd.limits import (
     SIZE_MIN,
     VM_DEFAULT_MEMORY,
     VM_MAX_DISKS_PER_VM,
-    VM_NAME_MAX,
     VMM_MAX_VCPUS_PER_VM,
     VMM_MAX_VM_MEM_SIZE,
-    valid_vm_name,
+    check_vm_name,
 )
 from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, Outcome
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
@@ -72,10 +71,10 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def check_name(name: str) -> str:
-    if len(name.encode()) > VM_NAME_MAX:
-        raise UsageError(f"{name}: name too long (maximum {VM_NAME_MAX} characters)")
-    if not valid_vm_name(name):
-        raise UsageError(f"{name}: invalid VM name (use letters, digits, '.', '-' and '_')")
+    """vmd's name rule (vmd.limits.check_vm_name), with its messages; the name itself is not echoed."""
+    reason = check_vm_name(name)
+    if reason is not None:
+        raise UsageError(reason)
     return name
 
 

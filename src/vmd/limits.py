@@ -29,6 +29,15 @@ VIRTQ_MAX_CHAIN_BUFFERS = IOV_MAX  # buffers in one descriptor chain, direct and
 VIRTQ_MAX_CHAIN_BYTES = 512 << 20  # above any request a device here takes: virtio-blk's seg_max x size_max
 # is 254 MiB
 
+# What a local user (or a VM process) may send vmd; OpenBSD's imsg framing bounds these by design
+JSON_DEPTH_MAX = 32  # nesting of a JSON message (vmd.boundedjson); the deepest vmd sends or expects is 5
+CONTROL_LINE_MAX = 65536  # a request on the control socket, without its newline
+CONTROL_INPUT_MAX = CONTROL_LINE_MAX + 1  # what vmd buffers per client: one whole request and its newline
+CONTROL_OUTPUT_MAX = 1 << 20  # answers a client has not read: past this, vmd reads no more requests from it
+CONTROL_CLIENTS_PER_UID = 32  # connections of one user other than root
+CONTROL_CLIENTS_MAX = 128  # connections of all users other than root together; root's are not counted
+VM_MESSAGE_MAX = 65536  # one message on the channel between vmd and a VM process
+
 
 def valid_vm_name(name: str) -> bool:
     """vmd.c vm_register(): not empty, only ASCII letters, digits, '.', '-' and '_', and not starting with
@@ -36,3 +45,14 @@ def valid_vm_name(name: str) -> bool:
     if not name or name[0] in ".-_":
         return False
     return all((c.isascii() and c.isalnum()) or c in ".-_" for c in name)
+
+
+def check_vm_name(name: str) -> str | None:
+    """The one name rule, for root as for everyone (vm.conf, vmd run, vmctl start, the daemon's start
+    request): None if name is a valid VM name, else vmd's reason, "vm name too long" (parse.y) or
+    "invalid VM name" (vm_register). Callers do not echo a refused name: it may hold a newline or a NUL."""
+    if len(name.encode(errors="surrogatepass")) > VM_NAME_MAX:
+        return "vm name too long"
+    if not valid_vm_name(name):
+        return "invalid VM name"
+    return None

@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import select
 import shutil
 import signal
@@ -83,9 +84,15 @@ class Vmd:
         self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), VMD_SOCKET=self.socket)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, nofile: int | None = None) -> None:
+        """nofile: vmd's RLIMIT_NOFILE, to run it out of descriptors."""
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.process = subprocess.Popen([sys.executable, "-m", "vmd.cli", "-d", "-f", str(self.config), *extra],
-                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
+                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env,
+                                        preexec_fn=limit if nofile is not None else None)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -15,7 +15,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # plain data, rules and the KVM binding: what every other layer may use
     "foundation": ("vmd", "vmd.kvm", "vmd.memory", "vmd.acpi_layout", "vmd.firmware", "vmd.vmchannel",
                    "vmd.eventloop", "vmd.cpu", "vmd.console", "vmd.gdbstub", "vmd.gdb_x86", "vmd.config",
-                   "vmd.limits", "vmd.sizes", "vmd.imageformat", "vmd.ether"),
+                   "vmd.limits", "vmd.boundedjson", "vmd.sizes", "vmd.imageformat", "vmd.ether"),
     # the host's resources: disk images, taps, bridges, DHCP
     "host": ("vmd.disk", "vmd.net"),
     "devices": ("vmd.devices",),

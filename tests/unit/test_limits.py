@@ -28,12 +28,13 @@ HOMES = {  # module -> the functions only it may define
     SRC / "sizes.py": {"fmt_scaled", "scan_scaled", "parse_size"},
     SRC / "ether.py": {"parse_mac", "format_mac"},
     SRC / "ctl" / "strtonum.py": {"strtonum"},
+    SRC / "boundedjson.py": {"loads", "nesting_depth", "JsonLimitError"},
 }
 # the names the limits had before they moved here, which must not come back as second copies
 OLD_NAMES = {
     "MAX_DISKS", "MAX_NICS", "MAX_VCPUS", "NAME_MAX", "NAME_PATTERN", "VM_NAME_PATTERN", "VMM_MAX_NAME_LEN",
     "MIN_MEMORY", "MAX_MEMORY", "MEMORY_MIN", "MEMORY_MAX", "DEFAULT_MEMORY", "QCOW2_MAGIC", "MAGIC",
-    "IFNAMSIZ", "GROUP_MAX",
+    "IFNAMSIZ", "GROUP_MAX", "MAX_LINE", "MAX_MESSAGE", "MAX_PENDING_OUTPUT",
 }
 QCOW_MAGIC = b"QFI\xfb"
 NAME_REGEX = "[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -59,8 +60,10 @@ def _bound_names(tree: ast.AST) -> list[tuple[str, int]]:
 
 
 def _limit_names() -> set[str]:
-    names = {name for name, _ in _bound_names(_tree(LIMITS)) if name.isupper() or name == "valid_vm_name"}
-    assert {"VM_MAX_DISKS_PER_VM", "VMM_MAX_VCPUS_PER_VM", "VM_MAGIC_QCOW", "valid_vm_name"} <= names
+    rules = ("valid_vm_name", "check_vm_name")
+    names = {name for name, _ in _bound_names(_tree(LIMITS)) if name.isupper() or name in rules}
+    assert {"VM_MAX_DISKS_PER_VM", "VMM_MAX_VCPUS_PER_VM", "VM_MAGIC_QCOW", "valid_vm_name", "check_vm_name",
+            "CONTROL_LINE_MAX", "JSON_DEPTH_MAX"} <= names
     return names
 
 
@@ -117,3 +120,20 @@ def test_bottom_modules_import_nothing_above_them(module: Path, allowed: set[str
         elif isinstance(node, ast.Import):
             imported |= {a.name for a in node.names}
     assert {m for m in imported if m == "vmd" or m.startswith("vmd.")} == allowed
+
+
+def test_every_json_read_goes_through_the_bounded_decoder() -> None:
+    """json.loads on another process's text raised RecursionError out of vmd's loop (issue 9): only
+    vmd.boundedjson may call it."""
+    calls = []
+    for path in _sources():
+        if path == SRC / "boundedjson.py":
+            continue
+        for node in ast.walk(_tree(path)):
+            if (isinstance(node, ast.Attribute) and node.attr in ("loads", "load") and isinstance(node.value, ast.Name)
+                    and node.value.id == "json"):
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "json" and \
+                    {a.name for a in node.names} & {"loads", "load", "JSONDecoder"}:
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert calls == []

@@ -25,20 +25,11 @@ import copy
 from collections.abc import Collection
 
 from vmd.config.spec import AllowInstance, InterfaceSpec, OwnerSpec, VmSpec
-from vmd.limits import VM_NAME_MAX, valid_vm_name
+from vmd.limits import check_vm_name
 
 
 class InstanceError(Exception):
     """An instance was refused; str() is the message, e.g. 'vm "x" no permission to set memory'."""
-
-
-def check_vm_name(name: str) -> str | None:
-    """None if the name is a valid VM name, else the reason ("vm name too long", "invalid VM name")."""
-    if len(name.encode()) > VM_NAME_MAX:
-        return "vm name too long"
-    if not valid_vm_name(name):
-        return "invalid VM name"
-    return None
 
 
 def owner_permits(owner: OwnerSpec, uid: int, gids: Collection[int] = ()) -> bool:
@@ -71,7 +62,7 @@ def make_instance(parent: VmSpec, name: str, overrides: VmSpec | None = None, re
 
     reason = check_vm_name(name)
     if reason is not None:
-        raise refuse(reason)
+        raise InstanceError(reason)  # without the name, which may not be printable
     if not owner_permits(allow.owner, requester_uid, requester_gids):
         raise refuse("no permission to create vm instance")
 

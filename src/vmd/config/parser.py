@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
 from vmd.config import lexer as lx
-from vmd.config.instance import InstanceError, check_vm_name, make_instance
+from vmd.config.instance import InstanceError, make_instance
 from vmd.config.lexer import Lexer, Macro, Token
 from vmd.config.spec import (
     BOOT_DEVICES,
@@ -100,6 +100,7 @@ from vmd.limits import (
     VM_MAX_NICS_PER_VM,
     VM_NAME_MAX,
     VMM_MAX_VCPUS_PER_VM,
+    check_vm_name,
 )
 from vmd.sizes import ScaledError, SizeTooLarge, SizeTooSmall, fmt_scaled, parse_size
 

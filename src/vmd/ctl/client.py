@@ -13,6 +13,8 @@ import os
 import socket
 from typing import Any
 
+from vmd import boundedjson
+
 SOCKET_PATH = "/run/vmd.sock"
 SOCKET_ENV = "VMD_SOCKET"  # overrides SOCKET_PATH (tests, non-root daemons)
 PROTOCOL_VERSION = 1
@@ -60,8 +62,19 @@ class Client:
         try:
             self._sock.sendall(data)
         except OSError as e:
+            if self._buf or self._refused():  # vmd said why before it closed (too many connections)
+                return self._read_response()
             raise CtlError(f"write error: {_strerror(e)}") from None
         return self._read_response()
+
+    def _refused(self) -> bool:
+        """Did vmd leave an answer on a connection it closed (a refusal)? Then it is read as the response."""
+        try:
+            self._sock.setblocking(False)
+            self._buf += self._sock.recv(65536)
+        except OSError:
+            return False
+        return bool(self._buf)
 
     def _read_response(self) -> dict[str, Any]:
         while b"\n" not in self._buf:
@@ -76,8 +89,8 @@ class Client:
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         try:
-            resp = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            resp = boundedjson.loads(line, MAX_RESPONSE)
+        except ValueError:  # not JSON, not UTF-8, or nested too deeply
             raise CtlError(UNEXPECTED) from None
         if (
             not isinstance(resp, dict)

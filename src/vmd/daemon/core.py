@@ -44,6 +44,7 @@ from vmd.limits import (
     VM_MAX_NICS_PER_VM,
     VMM_MAX_VCPUS_PER_VM,
     VMM_MAX_VM_MEM_SIZE,
+    check_vm_name,
 )
 from vmd.vmchannel import EXIT_REBOOT
 
@@ -100,7 +101,8 @@ class Daemon:
         self._quit = False
         self._quit_deadline: float | None = None
         self._net: Any = None  # vmd.net.NetworkManager, made when first needed (switches or taps)
-        self.control = ControlServer(socket_path, self.selector, self.handle_request)
+        self.control = ControlServer(socket_path, self.selector, self.handle_request, on_close=self._client_gone,
+                                     call_later=self.call_later)
         self.metrics: MetricsServer | None = None
         self._stats_waiters: list[Callable[[], None]] = []
         self._stats_timer: _Timer | None = None
@@ -118,7 +120,10 @@ class Daemon:
         while self._timers and (self._timers[0].cancelled or self._timers[0].deadline <= now):
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception as error:  # as for the handlers in _loop
+                    log.error("timer failed: %s: %s", type(error).__name__, error)
         return max(0.0, self._timers[0].deadline - now) if self._timers else None
 
     # -- configuration --------------------------------------------------------------------------------
@@ -348,7 +353,7 @@ class Daemon:
         a VM; a request without options is `invalid configuration, no devices`, which vmd answers with
         VMD_DISK_MISSING (vmctl: `could not open disk image(s)`), for a name as for an id."""
         if not peer.is_root:
-            log.warning("permission denied: uid %d may not create vm %s", peer.uid, target)
+            log.warning("permission denied: uid %d may not create vm %s", peer.uid, _printable(target))
             raise RequestError.from_errno(errno.EPERM)
         if not overrides:
             log.warning("invalid configuration, no devices")
@@ -356,6 +361,10 @@ class Daemon:
         if not isinstance(target, str) or target.isdigit():  # an id that names no VM: no name to create
             log.warning("invalid VM name")
             raise RequestError.from_errno(errno.EINVAL)
+        reason = check_vm_name(target)  # the rule of vm.conf and vmctl, for root too
+        if reason is not None:
+            log.warning("%s", reason)
+            raise RequestError("EINVAL", reason)
         definition = self._definition_from_request(target, overrides)
         if not (definition.kernel or definition.disks or definition.cdrom):
             raise RequestError("EINVAL", "no kernel or disk/cdrom specified")
@@ -689,20 +698,7 @@ class Daemon:
             client.respond({"results": results})
             return
         pending = {entry.id for entry in waiting}
-        collected = [r for r in results if r["id"] not in pending]
-
-        class _Collector:
-            def respond(self, payload: dict[str, Any]) -> None:
-                for row in payload["results"]:
-                    pending.discard(row["id"])
-                    collected.append(row)
-                if not pending:
-                    client.respond({"results": collected})
-
-            def fail(self, error: RequestError) -> None:
-                self.respond({"results": []})
-
-        collector = _Collector()
+        collector = _StopCollector(client, pending, [r for r in results if r["id"] not in pending])
         for entry in waiting:
             entry.stop_waiters.append(collector)
 
@@ -734,15 +730,13 @@ class Daemon:
             raise RequestError.from_errno(errno.EINVAL)
         if not entry.permitted(client.peer):
             raise RequestError.from_errno(errno.EPERM)
+        entry.stop_waiters.append(_WaitReply(client, entry.id, entry.name))
 
-        class _Waiter:
-            def respond(self, payload: dict[str, Any]) -> None:
-                client.respond({"id": entry.id, "name": entry.name})
-
-            def fail(self, error: RequestError) -> None:
-                client.fail(error)
-
-        entry.stop_waiters.append(_Waiter())
+    def _client_gone(self, client: Client) -> None:
+        """A client closed: forget what it was waiting for, so that nothing keeps it (or its buffers)."""
+        for entry in self.registry.entries.values():
+            entry.start_waiters[:] = [c for c in entry.start_waiters if c is not client]
+            entry.stop_waiters[:] = [w for w in entry.stop_waiters if w.client is not client]
 
     def cmd_pause(self, client: Client, request: dict[str, Any]) -> None:
         self._pause(client, request, pause=True)
@@ -876,11 +870,45 @@ class Daemon:
             if self._quit:
                 timeout = 0.5 if timeout is None else min(timeout, 0.5)
             for key, mask in self.selector.select(timeout):
-                key.data(mask)
+                try:
+                    key.data(mask)
+                except Exception as error:  # a bug in one handler must not end vmd and its VMs
+                    log.error("event handler failed: %s: %s", type(error).__name__, error)
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
         self.control.shutdown()
+
+
+class _WaitReply:
+    """vmctl wait: answers its client when the VM stops. A plain object (no closure, no class made per
+    request), so that forgetting it frees the client at once."""
+
+    def __init__(self, client: Client, vm_id: int, name: str) -> None:
+        self.client, self.vm_id, self.name = client, vm_id, name
+
+    def respond(self, payload: dict[str, Any]) -> None:
+        self.client.respond({"id": self.vm_id, "name": self.name})
+
+    def fail(self, error: RequestError) -> None:
+        self.client.fail(error)
+
+
+class _StopCollector:
+    """vmctl stop -w: one answer when every VM it asked to stop has stopped."""
+
+    def __init__(self, client: Client, pending: set[int], collected: list[dict[str, Any]]) -> None:
+        self.client, self.pending, self.collected = client, pending, collected
+
+    def respond(self, payload: dict[str, Any]) -> None:
+        for row in payload["results"]:
+            self.pending.discard(row["id"])
+            self.collected.append(row)
+        if not self.pending:
+            self.client.respond({"results": self.collected})
+
+    def fail(self, error: RequestError) -> None:
+        self.respond({"results": []})
 
 
 def _file_peer(definition: VmDefinition, kind: str, peer: Peer) -> Peer:
@@ -898,6 +926,14 @@ def _user_peer(uid: int) -> Peer:
     except KeyError:
         return Peer(uid, -1, 0, frozenset())
     return Peer.lookup(uid, gid, 0)
+
+
+def _printable(value: object) -> str:
+    """A name from a request, for the log: as it is when it is a valid VM name, else quoted with escapes
+    (a newline must not forge a log line)."""
+    if isinstance(value, str) and check_vm_name(value) is None:
+        return value
+    return ascii(value)[:80]
 
 
 def _word(value: object) -> str:

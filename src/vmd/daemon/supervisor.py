@@ -81,6 +81,7 @@ class VmProcess:
     stats: dict[str, Any] | None = None  # its last "stats" report, checked (daemon/stats.py)
     stats_time: float = float("-inf")  # when it came (time.monotonic())
     stats_asked: float | None = None  # when the request now outstanding went out; None: none is
+    invalid_messages: int = 0
 
     def send(self, command: str) -> None:
         try:
@@ -95,9 +96,17 @@ class VmProcess:
             pass
 
     def read_event(self) -> dict[str, Any] | None:
+        """The next message; None when the VM process has gone, {} for one that is not valid (logged)."""
         try:
             message, fds = receive_message(self.sock)
-        except (OSError, ValueError):
+        except ValueError as error:  # not JSON, too long or too deep: dropped, the channel goes on
+            if not self.invalid_messages:  # logged once: a VM process cannot fill the log
+                log.warning("vm process %d: invalid message: %s", self.pid, error)
+            self.invalid_messages += 1
+            return {}
+        except BlockingIOError:
+            raise
+        except OSError:
             return None
         for fd in fds:
             os.close(fd)
