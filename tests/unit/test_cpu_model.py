@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import vmd.daemon.core as core
+import vmd.daemon.vmstart as vmstart
 from vmd.config import parse_string
 from vmd.cpu import (
     ALWAYS_AVAILABLE,
@@ -303,7 +304,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
         spawned.append(spec)
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
 
-    monkeypatch.setattr(core, "spawn", spawn)
+    monkeypatch.setattr(vmstart, "spawn", spawn)
     daemon = Daemon(str(tmp_path / "vmd.sock"), str(tmp_path / "vm.conf"), lambda path: ([], core.Settings()))
     daemon.kernel = str(kernel)  # type: ignore[attr-defined]
     daemon.spawned = spawned  # type: ignore[attr-defined]

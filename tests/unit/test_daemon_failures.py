@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import vmd.daemon.core as core
+import vmd.daemon.vmstart as vmstart
 from vmd.daemon.core import Daemon
 from vmd.daemon.permissions import Peer
 
@@ -25,7 +26,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-    monkeypatch.setattr(core, "spawn", fail)
+    monkeypatch.setattr(vmstart, "spawn", fail)
     definition = core.VmDefinition(name="auto", memory=16 << 20, kernel=str(kernel))
     daemon = Daemon(str(tmp_path / "vmd.sock"), str(tmp_path / "vm.conf"),
                     lambda path: ([definition], core.Settings(stagger_parallel=1)))

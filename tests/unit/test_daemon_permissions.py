@@ -72,7 +72,7 @@ def test_a_disk_link_swapped_after_the_check_never_opens_the_other_file(files: d
     monkeypatch.setattr(os, "stat", stat_then_swap)
     opened: dict[str, int] = {}
     try:
-        daemon._open_disk("vm", 0, {"path": str(files["link"]), "format": "raw"}, USER, opened)
+        daemon.launcher.open_disk("vm", 0, {"path": str(files["link"]), "format": "raw"}, USER, opened)
     except RequestError:
         pass  # refusing is fine
     try:
@@ -112,7 +112,7 @@ def test_a_vm_restarted_without_a_client_is_checked_as_its_user_not_group_root(d
         seen.append(peer)
         raise RequestError("EINVAL", "stop here")
 
-    monkeypatch.setattr(daemon, "_validate", capture)
+    monkeypatch.setattr(daemon.launcher, "validate", capture)
     entry = daemon.registry.add(core.VmDefinition(name="vm", kernel="/nonexistent"), configured=True, uid=USER.uid)
     with pytest.raises(RequestError):
         daemon.start_entry(entry, USER.uid)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import vmd.daemon.core as core
+import vmd.daemon.vmstart as vmstart
 from vmd.config import MappingResolver, parse_string
 from vmd.daemon.conf import definition_from_spec
 from vmd.daemon.control import RequestError
@@ -181,7 +182,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
         pairs.append(theirs)
         return VmProcess(os.getpid(), os.pidfd_open(os.getpid()), ours, None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(core, "spawn", spawn)
+    monkeypatch.setattr(vmstart, "spawn", spawn)
     configured = core.VmDefinition(name="conf", memory=16 << 20, kernel=str(kernel), gdb="listen",
                                    owner=Owner(1000, None), enabled=False)
     daemon = Daemon(str(tmp_path / "vmd.sock"), str(tmp_path / "vm.conf"), lambda path: ([configured], core.Settings()))

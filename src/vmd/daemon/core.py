@@ -7,7 +7,6 @@ import heapq
 import itertools
 import logging
 import os
-import pwd
 import selectors
 import signal
 import time
@@ -18,9 +17,8 @@ from typing import Any
 from vmd.cpu import CpuModelError, parse_cpu_model
 from vmd.daemon.conf import instance_definition
 from vmd.daemon.control import Client, ControlServer, RequestError
-from vmd.daemon.gdbsock import GdbSocketError, open_gdb_socket, remove_gdb_socket
 from vmd.daemon.metrics import MetricsError, MetricsServer
-from vmd.daemon.permissions import AccessDenied, Owner, Peer, check_file_access, open_checked
+from vmd.daemon.permissions import Owner, Peer
 from vmd.daemon.registry import (
     PAUSED,
     RUNNING,
@@ -35,15 +33,15 @@ from vmd.daemon.registry import (
 )
 from vmd.daemon.settings import ConfigError, Settings
 from vmd.daemon.stats import clean_report, vm_stats
-from vmd.daemon.supervisor import VM_USER, Terminal, VmProcess, describe_exit, spawn
-from vmd.firmware import find_bios
+from vmd.daemon.supervisor import VM_USER, VmProcess, describe_exit
+from vmd.daemon.vmstart import (
+    VMD_DISK_MISSING,
+    VMD_PARENT_INVALID,
+    VmLauncher,
+    user_peer,
+)
 from vmd.limits import (
-    SIZE_MIN,
     VM_DEFAULT_MEMORY,
-    VM_MAX_DISKS_PER_VM,
-    VM_MAX_NICS_PER_VM,
-    VMM_MAX_VCPUS_PER_VM,
-    VMM_MAX_VM_MEM_SIZE,
     check_vm_name,
 )
 from vmd.vmchannel import EXIT_REBOOT
@@ -57,15 +55,7 @@ STOP_REQUEST_TIMEOUT = 125.0  # vmctl stop: past vmmci's 120 s for a guest that 
 STATS_FRESH = 0.2  # a VM's counters younger than this are not asked for again (scrapes close together)
 STATS_TIMEOUT = 1.0  # how long a status --json or a scrape waits for the VMs' counters
 ROOT_ONLY = {"load", "reload", "reset", "log"}
-ROOT_PEER = Peer(0, 0, 0, frozenset({0}))  # opens a file as vmd itself: only "a regular file" is checked
 
-# vmd's own result codes (vmd.h)
-VMD_BIOS_MISSING = 1001
-VMD_DISK_MISSING = 1002
-VMD_VM_STOP_INVALID = 1004
-VMD_CDROM_MISSING = 1005
-VMD_CDROM_INVALID = 1006
-VMD_PARENT_INVALID = 1007
 
 
 @dataclass(order=True)
@@ -100,7 +90,7 @@ class Daemon:
         self._autostart_timer: _Timer | None = None
         self._quit = False
         self._quit_deadline: float | None = None
-        self._net: Any = None  # vmd.net.NetworkManager, made when first needed (switches or taps)
+        self.launcher = VmLauncher(self.gdb_dir, vm_user, verbose, lambda: self.settings)
         self.control = ControlServer(socket_path, self.selector, self.handle_request, on_close=self._client_gone,
                                      call_later=self.call_later)
         self.metrics: MetricsServer | None = None
@@ -138,12 +128,12 @@ class Daemon:
             self.settings = settings
             self.control.set_group(settings.socket_group)
             self._set_metrics(settings.metrics, settings.socket_group)
-        if settings.switches or (replace and self._net is not None):
+        if settings.switches or (replace and self.launcher.has_network):
             try:
                 if replace:  # reload: switches that went or changed are taken down, new ones set up
-                    self.network().reconcile_switches(settings.switches)
+                    self.launcher.network().reconcile_switches(settings.switches)
                 else:
-                    self.network().setup_switches(settings.switches)
+                    self.launcher.network().setup_switches(settings.switches)
             except Exception as error:  # NetError, or netlink failing: vmd keeps running without them
                 log.warning("failed to set up switches: %s", error)
         for definition in definitions:
@@ -345,7 +335,7 @@ class Daemon:
         if set(overrides) - {"kernel"}:
             raise RequestError.from_errno(errno.EALREADY)
         if "kernel" in overrides:  # the user's own file (vmctl opens it as the user in OpenBSD)
-            self._check_file(overrides["kernel"], peer)
+            self.launcher.check_file(overrides["kernel"], peer)
             entry.kernel_override = overrides["kernel"]
 
     def _new_vm(self, peer: Peer, target: str | int, overrides: dict[str, Any]) -> VmEntry:
@@ -392,105 +382,12 @@ class Daemon:
             setattr(definition, key, value)
         return definition
 
-    def _check_file(self, path: object, peer: Peer, write: bool = False, code: int | None = None) -> str:
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise RequestError("EINVAL", f"{path!r}: not an absolute path")
-        try:
-            check_file_access(path, peer, write)
-        except AccessDenied as error:
-            raise RequestError("EACCES", str(error), code=code) from None
-        return path
-
-    def _validate(self, definition: VmDefinition, peer: Peer) -> None:
-        memory = definition.memory or VM_DEFAULT_MEMORY
-        if not isinstance(memory, int) or not SIZE_MIN <= memory <= VMM_MAX_VM_MEM_SIZE:
-            raise RequestError("EINVAL", "invalid memory size")
-        if not isinstance(definition.vcpus, int) or not 1 <= definition.vcpus <= VMM_MAX_VCPUS_PER_VM:
-            raise RequestError("EINVAL", "invalid number of CPUs")
-        if len(definition.disks) > VM_MAX_DISKS_PER_VM:
-            raise RequestError("EINVAL", "too many disks")
-        if max(definition.nics, len(definition.switches) + definition.local_nics) > VM_MAX_NICS_PER_VM:
-            raise RequestError("EINVAL", "too many network interfaces")
-        if definition.kernel:
-            self._check_file(definition.kernel, _file_peer(definition, "kernel", peer))
-        if definition.initrd:
-            self._check_file(definition.initrd, _file_peer(definition, "initrd", peer))
-
     def start_entry(self, entry: VmEntry, run_uid: int, client: Client | None = None) -> None:
-        """config_setvm + vmm start: open what the VM needs, fork+exec its process."""
+        """config_setvm + vmm start: open what the VM needs, fork+exec its process (vmd.daemon.vmstart)."""
         now = time.monotonic()
-        definition = entry.definition
-        peer = _user_peer(run_uid) if client is None else client.peer
-        self._validate(definition, peer)
-        kernel = entry.kernel_override or definition.kernel
-        kernel_peer = peer if entry.kernel_override else _file_peer(definition, "kernel", peer)
-        entry.kernel_override = None
-        files: dict[str, int] = {}
-        try:
-            for key, path, who in (("kernel", kernel, kernel_peer),
-                                   ("initrd", definition.initrd, _file_peer(definition, "initrd", peer))):
-                if path:
-                    try:
-                        files[key] = open_checked(path, who)
-                    except AccessDenied as error:
-                        raise RequestError("EACCES", str(error)) from None
-                    except OSError as error:
-                        raise RequestError.from_errno(error.errno or errno.EIO,
-                                                      f"can't open {key} {path}: {error.strerror}") from None
-            if not kernel:
-                if find_bios() is None:
-                    raise RequestError("ENOENT", "vmm bios firmware file not found.", code=VMD_BIOS_MISSING)
-            disks = []
-            for index, disk in enumerate(definition.disks):
-                disks.append(self._open_disk(definition.name, index, disk, _file_peer(definition, "disks", peer),
-                                             files))
-            cdrom = None
-            if definition.cdrom:
-                path = definition.cdrom
-                try:
-                    files["cdrom"] = open_checked(path, _file_peer(definition, "cdrom", peer))
-                except AccessDenied as error:
-                    code = VMD_CDROM_INVALID if "regular" in str(error) else VMD_CDROM_MISSING
-                    raise RequestError("ENOENT", str(error), code=code) from None
-                except OSError as error:
-                    raise RequestError("ENOENT", f"{path}: {error.strerror}", code=VMD_CDROM_MISSING) from None
-                cdrom = {"path": path, "format": "raw", "read_only": True}
-            nics = self._open_interfaces(entry, files)
-            if entry.terminal is None:
-                entry.terminal = Terminal.open()
-            entry.terminal.give_to(run_uid, definition.owner.gid)
-            spec = {
-                "name": definition.name,
-                "memory": definition.memory or VM_DEFAULT_MEMORY,
-                "kernel": None,
-                "initrd": None,
-                "cmdline": definition.append or "",
-                "vcpus": definition.vcpus,
-                "boot_device": definition.boot_device,
-                "disks": disks,
-                "nics": nics,
-                "cdrom": cdrom,
-            }
-            if definition.cpu:
-                spec["cpu"] = definition.cpu
-            gdb = entry.gdb_request or definition.gdb
-            if gdb:  # a GDB stub, on a socket only the VM's user (and owner group) can reach
-                try:
-                    files["gdb"], entry.gdb_path = open_gdb_socket(self.gdb_dir, definition.name, run_uid,
-                                                                   definition.owner.gid)
-                except GdbSocketError as error:
-                    raise RequestError("EIO", str(error)) from None
-                spec["debug"], spec["debug_hold"] = True, gdb == "wait"
-            process = spawn(definition.name, spec, entry.terminal, files, self._vm_user(), self.verbose)
-            files = {}
-            self.registry.mark_started(entry)
-        except BaseException:
-            self._close_interfaces(entry)
-            self._remove_gdb_socket(entry)
-            raise
-        finally:
-            for fd in files.values():
-                os.close(fd)
+        peer = user_peer(run_uid) if client is None else client.peer
+        process = self.launcher.launch(entry, run_uid, peer)
+        self.registry.mark_started(entry)
         entry.process = process
         entry.run_uid = run_uid
         entry.state = STARTING
@@ -501,91 +398,6 @@ class Daemon:
         self.selector.register(process.sock, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_event(e, p))
         self.selector.register(process.pidfd, selectors.EVENT_READ, lambda m, e=entry, p=process: self._vm_exit(e, p))
 
-    def _open_disk(self, name: str, index: int, disk: dict[str, Any], peer: Peer,
-                   files: dict[str, int]) -> dict[str, Any]:
-        """Open a disk and its backing chain for the VM process, as the requesting user could (vm_checkaccess);
-        the fds go into files under 'disk<index>:<path>'. The flocks travel with them."""
-        from vmd.disk import DiskError, open_image
-
-        path, fmt = str(disk.get("path", "")), disk.get("format")
-        read_only = bool(disk.get("read_only", False))
-        opened: dict[str, int] = {}
-
-        def opener(file: str, writable: bool) -> int:
-            try:
-                fd = open_checked(file, peer, write=writable)
-            except AccessDenied as error:
-                raise PermissionError(errno.EACCES, str(error)) from None
-            opened[file] = os.dup(fd)
-            return fd
-
-        try:
-            image = open_image(path, fmt, not read_only, opener=opener)
-            image.close()
-        except (DiskError, OSError) as error:
-            for fd in opened.values():
-                os.close(fd)
-            log.warning('vm "%s" unable to access disk %s: %s', name, path, error)
-            raise RequestError("EIO", f"could not open disk image(s): {error}", code=VMD_DISK_MISSING) from None
-        for file, fd in opened.items():
-            files[f"disk{index}:{file}"] = fd
-        return {"path": path, "format": fmt, "read_only": read_only}
-
-    def network(self) -> Any:
-        if self._net is None:
-            from vmd.net import NetworkManager
-
-            self._net = NetworkManager()
-        return self._net
-
-    def _open_interfaces(self, entry: VmEntry, files: dict[str, int]) -> list[dict[str, Any]]:
-        """Open and configure the VM's taps (vm_priv_ifconfig) and describe them for the VM process."""
-        specs = entry.definition.interface_specs()
-        if not specs:
-            return []
-        from vmd.config.spec import DEFAULT_LOCAL_PREFIX
-        from vmd.net import NetError
-
-        try:
-            taps = self.network().create_vm_interfaces(
-                entry.id, entry.name, specs, self.settings.local_prefix or DEFAULT_LOCAL_PREFIX,
-                self.settings.local_prefix6)
-        except NetError as error:
-            raise RequestError("EIO", str(error)) from None
-        entry.taps = taps
-        nics = []
-        for index, tap in enumerate(taps):
-            files[f"nic{index}"] = os.dup(tap.fd)
-            dhcp = None
-            if tap.local is not None:
-                host, guest = tap.local
-                dhcp = {"guest_ip": str(guest), "host_ip": str(host), "host_mac": tap.host_mac,
-                        "vm_name": entry.name, "boot_device": entry.definition.boot_device}
-            nics.append({"mac": tap.guest_mac, "locked": tap.locked, "dhcp": dhcp})
-        return nics
-
-    def _remove_gdb_socket(self, entry: VmEntry) -> None:
-        if entry.gdb_path is not None:
-            remove_gdb_socket(entry.gdb_path)
-            entry.gdb_path = None
-
-    def _close_interfaces(self, entry: VmEntry) -> None:
-        if entry.taps:
-            try:
-                self.network().destroy_vm_interfaces(entry.taps)
-            except Exception as error:
-                log.warning("%s: removing interfaces: %s", entry.name, error)
-            entry.taps = []
-
-    def _vm_user(self) -> str | None:
-        if self.vm_user is None or os.getuid() != 0:
-            return None
-        try:
-            pwd.getpwnam(self.vm_user)
-        except KeyError:
-            log.warning("unknown user %s: VM processes keep root's privileges", self.vm_user)
-            return None
-        return self.vm_user
 
     # -- events from VM processes ---------------------------------------------------------------------
     def _vm_event(self, entry: VmEntry, process: VmProcess) -> None:
@@ -638,7 +450,7 @@ class Daemon:
         entry.process = None
         if self._stats_waiters and not self._stats_awaited():  # it was the one the counters waited for
             self._stats_answered()
-        self._close_interfaces(entry)
+        self.launcher.close_interfaces(entry)
         if entry.stop_timer is not None:
             entry.stop_timer.cancel()
             entry.stop_timer = None
@@ -670,7 +482,7 @@ class Daemon:
         entry.state = STOPPED
         entry.run_uid = None
         entry.gdb_request = None
-        self._remove_gdb_socket(entry)
+        self.launcher.remove_gdb_socket(entry)
         if entry.terminal is not None:
             entry.terminal.close()
             entry.terminal = None
@@ -788,8 +600,8 @@ class Daemon:
         what = request.get("what", "all")
         if what not in ("all", "switches", "vms"):
             raise RequestError("EINVAL", f"invalid reset target {what!r}")
-        if what in ("all", "switches") and self._net is not None:
-            self._net.teardown()
+        if what in ("all", "switches") and self.launcher.has_network:
+            self.launcher.network().teardown()
         if what in ("all", "vms"):
             for entry in list(self.registry.entries.values()):
                 if entry.process is not None:
@@ -851,9 +663,9 @@ class Daemon:
         try:
             self._loop()
         finally:
-            if self._net is not None:
-                self._net.teardown()
-                self._net.close()
+            if self.launcher.has_network:
+                self.launcher.network().teardown()
+                self.launcher.network().close()
 
     def _loop(self) -> None:
         while True:
@@ -909,23 +721,6 @@ class _StopCollector:
 
     def fail(self, error: RequestError) -> None:
         self.respond({"results": []})
-
-
-def _file_peer(definition: VmDefinition, kind: str, peer: Peer) -> Peer:
-    """Whose access a VM's file of this kind is opened with (config.c 1.79 config_setvm): the user's for
-    what the request supplied (an instance's disks, cdrom and boot image: vm_checkaccess with the user
-    check), vmd's own for what root configured in vm.conf, so a VM's owner may start it even when only root
-    can open its disk."""
-    return peer if kind in definition.user_files else ROOT_PEER
-
-
-def _user_peer(uid: int) -> Peer:
-    """The user a VM runs for, when no client asks (autostart, guest reboot): its own groups, not root's group."""
-    try:
-        gid = pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return Peer(uid, -1, 0, frozenset())
-    return Peer.lookup(uid, gid, 0)
 
 
 def _printable(value: object) -> str:
