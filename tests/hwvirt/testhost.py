@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -41,6 +42,28 @@ DEFAULT_MEMORY = "10G"
 BOOT_TIMEOUT = 180.0  # seconds to the agent's greeting; ~10 s on an idle 2-core machine
 MAX_LINE = 16 << 20  # one agent message; output comes in chunks far below this
 IDLE_TIMEOUT = 120.0  # seconds without a message (the agent beats every 20 s) before the host counts as hung
+
+
+# What the test host's own kernel prints when one of its CPUs is stuck for good (emulated nested SVM has
+# left a CPU inside a nested guest, taking no interrupts, while the other CPU kept the agent's heartbeat
+# going). One RCU stall report can be a slow moment under load; a second one for the same grace period, a
+# lockup or a hung task is not.
+RCU_STALL = re.compile(r"rcu: INFO: rcu_\w+ detected stalls")
+FATAL = re.compile(r"soft lockup|hard LOCKUP|blocked for more than \d+ seconds|Kernel panic|BUG: ")
+STALLS_FATAL = 2
+
+
+def kernel_trouble(console: str) -> str | None:
+    """The line that says the test host's kernel is stuck, in what its console printed; None if none does."""
+    stalls = 0
+    for line in console.splitlines():
+        if FATAL.search(line):
+            return line.strip()
+        if RCU_STALL.search(line):
+            stalls += 1
+            if stalls >= STALLS_FATAL:
+                return line.strip()
+    return None
 
 
 class TestHostError(Exception):
@@ -157,6 +180,7 @@ class TestHost:
         self._agent: socket.socket | None = None
         self._buffer = b""
         self.boot_seconds = 0.0
+        self._trouble_checked = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def __enter__(self) -> TestHost:
@@ -227,6 +251,17 @@ class TestHost:
             return "(no console log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def _kernel_trouble(self) -> str | None:
+        """kernel_trouble() of the console since boot, read at most every few seconds."""
+        now = time.monotonic()
+        if now - self._trouble_checked < 5.0:
+            return None
+        self._trouble_checked = now
+        try:
+            return kernel_trouble(self.console_log.read_text(errors="replace"))
+        except OSError:
+            return None
+
     def _check_alive(self, when: str) -> None:
         if self._qemu is not None and self._qemu.poll() is not None:
             out = self._qemu.stdout.read().decode(errors="replace") if self._qemu.stdout else ""
@@ -295,6 +330,10 @@ class TestHost:
                     raise TimeoutError(f"the command ran past its {timeout:.0f} s in the test host") from None
                 raise TestHostHung(f"the test host sent nothing for {idle_timeout:.0f} s {when}: its kernel is"
                                    f" stuck\nconsole:\n{self.console_tail(40)}") from None
+            trouble = self._kernel_trouble()
+            if trouble is not None:
+                raise TestHostHung(f"the test host's kernel is stuck ({trouble}) {when}\nconsole:\n"
+                                   f"{self.console_tail(40)}")
             if "out" in message:
                 chunk = base64.b64decode(str(message["out"]))
                 output += chunk

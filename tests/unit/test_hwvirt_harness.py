@@ -225,3 +225,21 @@ def test_ordinary():
                                           "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_b.py::test_ordinary PASSED*", "*test_a.py::test_upsets_the_host PASSED*"])
+
+
+def test_a_stuck_test_host_kernel_is_told_from_a_slow_one() -> None:
+    # As the test host's console showed it when one of its CPUs stayed inside a nested guest for good
+    # while the agent's heartbeat went on from the other.
+    from tests.hwvirt.testhost import kernel_trouble
+
+    slow = ("testhost: kvm npt=Y, starting /work/main/tests/hwvirt/agent.py\n"
+            "[  103.239554] kvm [142]: vcpu0, guest rIP: 0xffffffff8107e744 Unhandled WRMSR(0xc0010007) = 0xffff\n"
+            "[  295.560013] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+            "[  295.561261] rcu: \t0-....: (0 ticks this GP) idle=302c/1/0x4000000000000000 softirq=15308/15308\n")
+    assert kernel_trouble(slow) is None  # one stall report: maybe only a loaded machine
+    stuck = slow + ("[  358.577581] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+                    "[  358.578083] rcu: \t0-....: (0 ticks this GP) idle=302c/1/0x4000000000000000\n")
+    assert kernel_trouble(stuck) == "[  358.577581] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+    hung = slow.splitlines()[0] + "\n[  484.269967] INFO: task khugepaged:35 blocked for more than 120 seconds.\n"
+    assert kernel_trouble(hung) == "[  484.269967] INFO: task khugepaged:35 blocked for more than 120 seconds."
+    assert kernel_trouble("[ 22.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s!") is not None
