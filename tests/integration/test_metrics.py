@@ -64,10 +64,16 @@ def _http(path: str, request: bytes, timeout: float = 10) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(request)
+        try:
+            sock.sendall(request)
+        except BrokenPipeError:  # refused (503) and closed before the request went out: its answer is there
+            pass
         answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
     return answer
 
 

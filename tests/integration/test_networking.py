@@ -178,7 +178,7 @@ vm "client" {{
     disable
     memory 32M
     boot "{guest}"
-    append "tests=ping ip=10.77.0.2 router=10.77.0.1 irq=msix"
+    append "tests=ping ip=10.77.0.2 router=10.77.0.1 irq=msix serve=10"
     interface {{ switch "lan" }}
 }}
 """)
@@ -190,7 +190,7 @@ vm "client" {{
         assert vmd.vmctl("start", "server").returncode == 0
         assert "serving 10.77.0.1" in vmd.console_until("server", r"serving 10\.77\.0\.1")
         assert vmd.vmctl("start", "client").returncode == 0
-        console = vmd.console_until("client", r"ping reply from 10\.77\.0\.1|FAIL")
+        console = vmd.console_until("client", r"ping reply from 10\.77\.0\.1|FAIL")  # serve=10: it stays up to be read
         assert "ping reply from 10.77.0.1" in console, console
         masters = {link.get("master") for link in _links(netns).values()
                    if str(link.get("ifalias", "")).startswith("vm")}
