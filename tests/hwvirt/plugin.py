@@ -161,7 +161,8 @@ class _Relay:
         self.seconds: dict[str, float] = {}
         self.retried: set[str] = set()  # tests already given a second test host after theirs failed
         self.held: dict[str, list[pytest.TestReport]] = {}  # reports of the test running now
-        self.deferred: dict[str, list[pytest.TestReport]] = {}  # failed tests waiting for their second try
+        self.deferred: dict[str, tuple[int, list[pytest.TestReport]]] = {}  # failed tests waiting for a second
+        # try: the test host they failed in, and their reports there
         self.host = 1  # the test host running now, counted from 1
 
     def _start(self, item: pytest.Item) -> None:
@@ -195,13 +196,14 @@ class _Relay:
         first = self.deferred.pop(item.nodeid, None)
         if any(r.failed for r in reports) and item.nodeid not in self.retried:
             self.retried.add(item.nodeid)
-            self.deferred[item.nodeid] = reports
+            self.deferred[item.nodeid] = (self.host, reports)
             if self.running == item.nodeid:
                 self.running = None
             return
         if first is not None and not any(r.failed for r in reports):
-            self.say(f"hwvirt: {item.name} failed in test host {self.host - 1} and passed in test host {self.host};"
-                     f" its first failure: {_first_line(first)} (in full in the run's log)")
+            failed_in, failure = first
+            self.say(f"hwvirt: {item.name} failed in test host {failed_in} and passed in test host {self.host};"
+                     f" its first failure: {_first_line(failure)} (in full in the run's log)")
         self._emit(item, reports)
 
     def _emit(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
@@ -225,7 +227,7 @@ class _Relay:
 
     def give_up_retries(self) -> None:
         """No second try after all (no time, or no host): the first failures are the verdict."""
-        for nodeid, reports in list(self.deferred.items()):
+        for nodeid, (_host, reports) in list(self.deferred.items()):
             del self.deferred[nodeid]
             self._emit(self.items[nodeid], reports)
 
@@ -340,7 +342,6 @@ def _run_in_test_host(session: pytest.Session, items: list[pytest.Item]) -> None
                           + result.output[-4000:]
                     break
                 if result.status == 1 and session.config.option.maxfail:
-                    relay.give_up_retries()
                     relay.fail_rest("not run: the run stopped at --maxfail", skip=True)
                     break
                 why = f"the test host's pytest did not report it (see {log_path})"

@@ -119,10 +119,16 @@ class _LocalTestHost:
         return type("Result", (), {"status": status, "output": ""})()
 
 
-def test_a_test_whose_host_died_runs_again_once_and_skips_come_back_as_skips(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def local_host(monkeypatch: pytest.MonkeyPatch) -> type[_LocalTestHost]:
+    """The plugin's test host replaced by _LocalTestHost, its boots counted from 0."""
     monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
     monkeypatch.setattr(_LocalTestHost, "boots", 0)
+    return _LocalTestHost
+
+
+def test_a_test_whose_host_died_runs_again_once_and_skips_come_back_as_skips(
+        pytester: pytest.Pytester, local_host: type[_LocalTestHost]) -> None:
     pytester.makepyfile("""
 import pytest
 
@@ -151,9 +157,7 @@ def test_last():
 
 
 def test_a_failed_test_gets_a_second_try_in_a_fresh_host_and_only_its_outcome_there_counts(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
-    monkeypatch.setattr(_LocalTestHost, "boots", 0)
+        pytester: pytest.Pytester, local_host: type[_LocalTestHost]) -> None:
     pytester.makepyfile("""
 import os
 import pytest
@@ -183,10 +187,8 @@ def test_fine():
     assert _LocalTestHost.boots == 2
 
 
-def test_no_second_try_when_the_budget_cannot_hold_it(pytester: pytest.Pytester,
+def test_no_second_try_when_the_budget_cannot_hold_it(pytester: pytest.Pytester, local_host: type[_LocalTestHost],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin, "TestHost", _LocalTestHost)
-    monkeypatch.setattr(_LocalTestHost, "boots", 0)
     monkeypatch.setattr(plugin, "BUDGET", 200.0)  # less than the failed test's time and the margin
     pytester.makepyfile("""
 import time

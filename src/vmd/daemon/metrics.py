@@ -233,7 +233,7 @@ class MetricsServer:
             client = _Connection(conn)
             self.connections.add(client)
             client.timer = self.call_later(TIMEOUT, functools.partial(self._close, client))
-            self.selector.register(conn, selectors.EVENT_READ, lambda m, c=client: self._ready(c, m))
+            self.selector.register(conn, selectors.EVENT_READ, functools.partial(self._ready, client))
 
     def _ready(self, client: _Connection, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -296,9 +296,7 @@ class MetricsServer:
             return
         client.outbuf = data
         client.answered = True
-        def callback(mask: int, c: _Connection = client) -> None:
-            self._ready(c, mask)
-
+        callback = functools.partial(self._ready, client)
         try:
             self.selector.modify(client.sock, selectors.EVENT_WRITE, callback)
         except KeyError:
