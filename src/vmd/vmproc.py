@@ -15,9 +15,11 @@ Exit status: 0 after a poweroff or a stop, EXIT_REBOOT after a guest reboot, 1 a
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import pwd
+import signal
 import socket
 import sys
 import threading
@@ -121,6 +123,18 @@ def _commands(sock: socket.socket, machine: Machine) -> None:
                 return
 
 
+def _diagnose_on_sigusr2(machine: Machine) -> None:
+    """SIGUSR2: every thread's Python stack on stderr (vmd's log), written from the signal handler itself so
+    that it works while a thread holds a lock or the GIL; then, from the main thread, the devices' interrupt
+    state. What a guest that seems hung needs looking at."""
+    def describe(signum: int, frame: object) -> None:
+        for line in machine.describe():
+            log.warning("%s", line)
+
+    signal.signal(signal.SIGUSR2, describe)
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=True)
+
+
 def vm_process(control_fd: int) -> int:
     sock = socket.socket(fileno=control_fd)
     message, fds = receive_message(sock)
@@ -157,6 +171,7 @@ def vm_process(control_fd: int) -> int:
     for key in ("kernel", "initrd"):
         if key in fd_map:
             os.close(fd_map[key])
+    _diagnose_on_sigusr2(machine)
     user = str(message.get("user") or "")
     if user and os.getuid() == 0:
         try:

@@ -12,6 +12,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def netns() -> Iterator[str]:
     ip("netns", "del", name)
 
 
+STALLED_WAIT = 30.0  # seconds an expect() waits on a console that printed nothing since one timed out
 LIVE: list[Vmd] = []  # the daemons running now: a failing test's report carries the end of their logs
 
 
@@ -63,7 +65,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed:  # type: ignore[attr-defined]
         for vmd in LIVE:
-            report.sections.append((f"vmd log ({vmd.log})", vmd.log_tail(60)))  # type: ignore[attr-defined]
+            report.sections.append((f"VMs of {vmd.log.parent}", vmd.diagnose()))  # type: ignore[attr-defined]
+            report.sections.append((f"vmd log ({vmd.log})", vmd.log_tail(120)))  # type: ignore[attr-defined]
     return report
 
 
@@ -114,6 +117,40 @@ class Vmd:
             time.sleep(0.5)
         raise AssertionError(f"{name} never became {state}: {rows}\n{self.log_tail()}")
 
+    def diagnose(self) -> str:
+        """What a failed test's report says about each running VM: whether its vCPUs ran in the last 3 s
+        (their CPU time and KVM's exit counts, from `vmctl status --json`), and its threads' stacks, which
+        the VM process writes to the log on SIGUSR2."""
+        def sample() -> dict[str, dict[str, object]]:
+            try:
+                return self.status()
+            except (subprocess.TimeoutExpired, ValueError):
+                return {}
+
+        first = sample()
+        time.sleep(3)
+        second = sample()
+        lines = []
+        for name, row in second.items():
+            stats, before = row.get("stats"), (first.get(name) or {}).get("stats")
+            if not isinstance(stats, dict):
+                lines.append(f"{name}: {row.get('state')}, no counters")
+                continue
+            exits = stats.get("kvm_exits", {})
+            was = before.get("kvm_exits", {}) if isinstance(before, dict) else {}
+            delta = {k: v - was.get(k, 0) for k, v in exits.items() if v != was.get(k, 0)}
+            lines.append(f"{name}: {row.get('state')}, pid {row.get('pid')}, vCPU seconds {stats.get('vcpu_seconds')}"
+                         f" (3 s before: {before.get('vcpu_seconds') if isinstance(before, dict) else None});"
+                         f" KVM exits in those 3 s: {delta or 'none'}")
+            pid = row.get("pid")
+            if isinstance(pid, int):
+                try:
+                    os.kill(pid, signal.SIGUSR2)  # vmproc.py: its threads' stacks into the log
+                except OSError:
+                    pass
+        time.sleep(1)
+        return "\n".join(lines) or "no VM running"
+
     def console(self, name: str) -> Console:
         return Console(str(self.status()[name]["tty"]))
 
@@ -145,6 +182,7 @@ class Console:
         self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         tty.setraw(self.fd, termios.TCSANOW)
         self.seen = b""  # everything read, for failure messages
+        self.stalled = False  # an expect() timed out and nothing was printed since: later ones wait less
         self._pending = b""  # read but not yet consumed by expect()
         self._serial = 0
 
@@ -174,21 +212,27 @@ class Console:
             return False
         self.seen += data
         self._pending += data
+        if data:
+            self.stalled = False
         return bool(data)
 
     def expect(self, pattern: str, timeout: float = 120) -> re.Match[bytes]:
         """Wait until pattern shows up in what the console printed since the last match; returns the match."""
         regex = re.compile(pattern.encode())
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
         while True:
             match = regex.search(self._pending)
             if match:
                 self._pending = self._pending[match.end():]
                 return match
-            left = deadline - time.monotonic()
+            # a console that went silent under an earlier timeout (and since) gets no long wait again
+            waited = time.monotonic() - started
+            left = (min(timeout, STALLED_WAIT) if self.stalled else timeout) - waited
             if left <= 0:
-                raise AssertionError(f"{pattern!r} did not appear on {self.path} in {timeout:.0f} s; the console"
-                                     f" showed:\n{self.tail()}")
+                was = " (it had printed nothing since an earlier wait timed out)" if self.stalled else ""
+                self.stalled = True
+                raise AssertionError(f"{pattern!r} did not appear on {self.path} in {waited:.0f} s{was}; the"
+                                     f" console showed:\n{self.tail()}")
             self._read(min(left, 0.5))
 
     def drain(self, seconds: float) -> None:
@@ -215,6 +259,14 @@ class Console:
         status, output = self.sh(command, timeout)
         assert status == 0, f"guest: {command}: status {status}\n{output}"
         return output
+
+    def answers(self, timeout: float = 30) -> bool:
+        """Whether the kit's shell answers within timeout."""
+        try:
+            self.wait_shell(timeout)
+        except AssertionError:
+            return False
+        return True
 
     def wait_shell(self, timeout: float = 300) -> None:
         """Until the kit's shell answers (it may have printed its prompt before we opened the console)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from vmd.memory import GuestMemory
+
+
+log = logging.getLogger("vmd")
 
 
 class IrqLine(Protocol):
@@ -157,6 +161,14 @@ class ThreadScheduler:
             self._cond.notify()
         return timer
 
+    def describe(self) -> str:
+        """One line: whether the timer thread runs and what it waits for (a hung guest's diagnosis)."""
+        with self._cond:
+            live = [timer for timer in self._heap if not timer.cancelled]
+            due = min((timer.deadline for timer in live), default=None)
+        when = "none" if due is None else f"{due - time.monotonic():+.3f} s"
+        return f"timers: thread {'alive' if self._thread.is_alive() else 'DEAD'}, {len(live)} pending, next {when}"
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -178,7 +190,10 @@ class ThreadScheduler:
                     return
                 timer = heapq.heappop(self._heap)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception:  # a device bug must not end the timer thread: every later timer would hang
+                    log.exception("timer callback failed")
 
 
 _ManualTimer = _ThreadTimer  # the same cancellable deadline, kept by the manual clock

@@ -153,6 +153,18 @@ class Uart16550:
             self._rx_arrived()
             self._update_irq()
 
+    def describe(self) -> str:
+        """One line of the interrupt state, for a hung guest's diagnosis (the VM process's SIGUSR2)."""
+        held = not self._lock.acquire(timeout=0.1)
+        try:
+            return (f"uart: ier={self._ier:#x} iir={self._iir():#x} irq={int(self._irq_level)}"
+                    f" thre_pending={int(self._thre_pending)} thre_timer={int(self._thre_timer is not None)}"
+                    f" rx={len(self._rx)} backlog={len(self._backlog)} lsr_errors={self._lsr_errors:#x}"
+                    f" mcr={self._mcr:#x} lcr={self._lcr:#x}" + (" (its lock is held)" if held else ""))
+        finally:
+            if not held:
+                self._lock.release()
+
     # -- guest side ------------------------------------------------------------------------------------
 
     def pio_read(self, offset: int, size: int) -> int:

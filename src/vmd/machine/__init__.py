@@ -158,6 +158,13 @@ class Machine:
         if self.vcpus is not None:
             self.vcpus.unpause()
 
+    def describe(self) -> list[str]:
+        """Lines on the machine's state for a hung guest's diagnosis: paused or not, and the board's devices."""
+        lines = [f"paused={int(self.vcpus.paused.is_set()) if self.vcpus else '-'} done={int(self._done.is_set())}"]
+        if self.board is not None:
+            lines += self.board.describe()
+        return lines
+
     # -- statistics ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """The counters vmd's metrics and `vmctl status --json` show (the "stats" message, vmproc.py): each

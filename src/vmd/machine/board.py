@@ -209,6 +209,13 @@ class Board:
         return {"disks": [vars(device.stats).copy() for device in self.blk_devices],
                 "nics": [vars(device.stats).copy() for device in self.net_devices]}
 
+    def describe(self) -> list[str]:
+        """The state a hung guest's diagnosis starts from: the console UART's interrupt and the timer thread."""
+        lines = [self.uart.describe()]
+        if self.scheduler is not None:
+            lines.append(self.scheduler.describe())
+        return lines
+
     def close(self) -> None:
         """Stop the timers and the event loop and release the devices (their disks and taps)."""
         if self.scheduler is not None:
