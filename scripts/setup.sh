@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 packages="gcc make python3-venv qemu-system-x86 qemu-utils seabios extlinux isolinux syslinux-common
-  xorriso busybox-static e2fsprogs cpio iproute2 iputils-ping mandoc gdb"
+  xorriso busybox-static e2fsprogs cpio iproute2 iputils-ping mandoc gdb python3-seccomp"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -36,6 +36,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || [ ! -x .venv/bin/vmd ]; the
 	.venv/bin/python -m pip install -q -e '.[test]'
 	echo "$wanted" >"$stamp"
 fi
+
+# libseccomp's own Python binding (the VM processes' system-call filter, vmd/sandbox.py) comes with Debian's
+# libseccomp, not from PyPI: the venv sees that one module, not the rest of the system's packages.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for module in /usr/lib/python3/dist-packages/seccomp.cpython-*.so; do
+	[ -e "$module" ] && ln -sf "$module" "$site/"
+done
+.venv/bin/python -c 'import seccomp' || { echo "setup: libseccomp's Python binding does not load in .venv" >&2; exit 1; }
 
 echo "setup: building the test guests"
 .venv/bin/python tests/guests/build.py tests/guests/out >/dev/null

@@ -27,6 +27,7 @@ import threading
 from vmd.console import Console
 from vmd.gdbstub import GdbServer
 from vmd.machine import DiskSpec, Machine, MachineError, MachineSpec, NicSpec, Outcome
+from vmd.sandbox import confine_or_warn
 from vmd.vmchannel import EXIT_REBOOT, receive_message, send_message
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -185,6 +186,7 @@ def vm_process(control_fd: int) -> int:
         gdb = GdbServer(socket.socket(fileno=fd_map["gdb"]), spec.name)
         gdb.attach(machine.debug)
         gdb.start()
+    confine_or_warn(spec.name)  # from here on only the system calls a running VM needs (sandbox.py)
     send_message(sock, {"event": "running", "pid": os.getpid(), "run_loop": machine.run_loop_name,
                         "boot": machine.plan.kind})
     threading.Thread(target=_commands, args=(sock, machine), name="vmd-control", daemon=True).start()

@@ -1,5 +1,6 @@
-"""A VM process given SIGUSR2 writes what a hung guest needs looking at into vmd's log (vmd(8), SIGNALS):
-every thread's stack, the console UART's interrupt state and the timer thread's, and the guest runs on."""
+"""A VM process as vmd runs it: confined by its system-call filter (vmd/sandbox.py), and, given SIGUSR2, writing
+what a hung guest needs looking at into vmd's log (vmd(8), SIGNALS): every thread's stack, the console UART's
+interrupt state and the timer thread's, while the guest runs on."""
 
 from __future__ import annotations
 
@@ -45,3 +46,12 @@ def test_sigusr2_logs_the_threads_and_the_uart_and_the_vm_runs_on(vmd: Vmd) -> N
     assert "vm/idle: uart: ier=" in log, log
     assert vmd.status()["idle"]["state"] == "running"
     assert vmd.status()["idle"]["pid"] == pid
+
+
+def test_the_vm_process_runs_under_its_system_call_filter(vmd: Vmd) -> None:
+    pid = vmd.wait_state("idle", "running")["pid"]
+    with open(f"/proc/{pid}/status") as status:
+        fields = {key: value.strip() for key, _, value in (line.partition(":") for line in status)}
+    assert fields["Seccomp"] == "2" and fields["NoNewPrivs"] == "1", fields
+    assert "no system-call filter" not in vmd.log.read_text(errors="replace")
+    assert vmd.status()["idle"]["state"] == "running"

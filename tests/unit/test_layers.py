@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # kernel loaders and the firmware tables, which describe the board without importing its devices
     "boot": ("vmd.boot",),
     "machine": ("vmd.machine", "vmd.platform", "vmd.vcpu_loop", "vmd.guest_debug", "vmd.guest_virt"),
-    "vm process": ("vmd.vmproc",),
+    "vm process": ("vmd.vmproc", "vmd.sandbox"),
     # the daemon parent: it opens files and taps and spawns VM processes, never builds a machine
     "daemon": ("vmd.daemon",),
     "vmctl": ("vmd.ctl",),
