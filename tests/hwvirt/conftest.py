@@ -100,8 +100,8 @@ class Vmd:
         assert done.returncode == 0, f"vmctl {' '.join(args)}: {done.stdout}{done.stderr}\n{self.log_tail()}"
         return done.stdout
 
-    def status(self) -> dict[str, dict[str, object]]:
-        done = self.vmctl("status", "--json")
+    def status(self, timeout: float = 180) -> dict[str, dict[str, object]]:
+        done = self.vmctl("status", "--json", timeout=timeout)
         return {str(row["name"]): row for row in json.loads(done.stdout)} if done.returncode == 0 else {}
 
     def wait_state(self, name: str, state: str | None, timeout: float = 120) -> dict[str, object]:
@@ -123,7 +123,7 @@ class Vmd:
         the VM process writes to the log on SIGUSR2."""
         def sample() -> dict[str, dict[str, object]]:
             try:
-                return self.status()
+                return self.status(timeout=20)  # a hung vmd must not spend the run's budget here
             except (subprocess.TimeoutExpired, ValueError):
                 return {}
 

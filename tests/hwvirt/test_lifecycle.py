@@ -45,7 +45,8 @@ def _boot_life(vmd: Vmd) -> Console:
 
 @pytest.fixture(scope="module")
 def booted(vmd: Vmd) -> Iterator[list[Console]]:
-    """The guest these tests share, booted once: a list holding its console, replaced if it is rebooted."""
+    """The guest these tests share, booted once: a list holding its console, which `life` replaces if the
+    guest stops answering."""
     consoles = [_boot_life(vmd)]
     yield consoles
     consoles[0].close()
