@@ -3,7 +3,7 @@
 Installed once the machine is built, its files and taps are open and privileges are dropped (vmproc.py), for
 every thread of the process (TSYNC) and every thread it starts later: what OpenBSD's vmd gets from pledge(2)
 with "stdio vmm recvfd". What a VM process still needs is allowed — reading and writing the descriptors it
-holds, KVM's and the terminal's ioctls, memory, threads, timers, its control channel and the GDB socket it
+holds, ioctl (any request: KVM's, the terminal's), memory, threads, timers, its control channel and the GDB socket it
 was handed — and nothing else: a call outside the list fails with EPERM (a Python error with a message, never
 a kill that leaves the guest's disks half written). So a compromised VM process cannot make a socket or
 connect one (host loopback TCP, abstract Unix sockets), signal another process (other VMs run as the same
@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import Any
 
 log = logging.getLogger("vmd.vm")
 
@@ -42,11 +41,12 @@ ALLOWED = (
     "sendto", "recvfrom", "sendmsg", "recvmsg", "accept4", "shutdown", "getsockname", "getpeername",
     "getsockopt", "setsockopt",
     # the interpreter: imports and tracebacks look at files (the chroot is empty), randomness, identity
-    "openat", "getdents64", "readlink", "getcwd", "getrandom", "uname", "sysinfo", "getrusage",
-    "getuid", "geteuid", "getgid", "getegid", "prlimit64",
+    "getdents64", "readlink", "getcwd", "getrandom", "uname", "sysinfo", "getrusage",
+    "getuid", "geteuid", "getgid", "getegid",
 )
 PR_SET_NAME, PR_GET_NAME = 15, 16
 CLONE_THREAD = 0x00010000
+OPEN_WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 class SandboxUnavailable(Exception):
@@ -56,21 +56,16 @@ class SandboxUnavailable(Exception):
 # Imported with this module, before the VM process locks itself in its empty chroot, where the binding's
 # shared object could no longer be found.
 try:
-    import seccomp as _seccomp
+    import seccomp
 except ImportError:
-    _seccomp = None
-
-
-def _binding() -> Any:
-    if _seccomp is None:
-        raise SandboxUnavailable("libseccomp's Python binding is missing (Debian: python3-seccomp)")
-    return _seccomp
+    seccomp = None
 
 
 def confine() -> None:
     """Filter this process's system calls from now on, in every thread. SandboxUnavailable without libseccomp's
     binding; OSError if the kernel refuses the filter."""
-    seccomp = _binding()
+    if seccomp is None:
+        raise SandboxUnavailable("libseccomp's Python binding is missing (Debian: python3-seccomp)")
     denied = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(defaction=denied)
     rules.set_attr(seccomp.Attr.CTL_TSYNC, 1)  # the threads already running get it too
@@ -82,19 +77,20 @@ def confine() -> None:
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     # signals to its own threads (pthread_kill kicks a vCPU out of KVM_RUN), to no other process
     rules.add_rule(seccomp.ALLOW, "tgkill", seccomp.Arg(0, seccomp.EQ, os.getpid()))
+    # its own limits only (another VM's, lowered, would kill it); files read, never written (imports and
+    # tracebacks read; a VM process without its chroot must not write as root)
+    rules.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0))
+    rules.add_rule(seccomp.ALLOW, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, OPEN_WRITING, 0))
     for option in (PR_SET_NAME, PR_GET_NAME):
         rules.add_rule(seccomp.ALLOW, "prctl", seccomp.Arg(0, seccomp.EQ, option))
     rules.load()
 
 
-def confine_or_warn(name: str) -> bool:
+def confine_or_warn(name: str) -> None:
     """confine(), or one warning in the log saying why the VM process runs without a filter."""
     try:
         confine()
     except SandboxUnavailable as error:
         log.warning("vm %s: no system-call filter: %s", name, error)
-        return False
     except OSError as error:
         log.warning("vm %s: no system-call filter: the kernel refused it: %s", name, error.strerror or error)
-        return False
-    return True

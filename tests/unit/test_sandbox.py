@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import socket
 import threading
@@ -76,6 +77,11 @@ def test_sockets_signals_to_others_fork_and_exec_are_refused() -> None:
         assert _refused(os.fork) == errno.EPERM
         assert _refused(lambda: os.execv("/bin/true", ["true"])) == errno.EPERM
         assert _refused(lambda: os.setuid(0)) == errno.EPERM
+        assert _refused(lambda: resource.prlimit(os.getppid(), resource.RLIMIT_CPU)) == errno.EPERM
+        assert _refused(lambda: open("/tmp/vmd-sandbox-write-test", "w")) == errno.EPERM
+        assert _refused(lambda: open("/proc/self/status", "a")) == errno.EPERM
+        with open("/proc/self/status") as status:  # reading still works
+            assert "Seccomp" in status.read()
 
     _in_confined_child(body)
     assert left.recv(5) == b"still"
